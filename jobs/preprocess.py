@@ -1,0 +1,46 @@
+"""python -m jobs.preprocess --input URI --output URI [--config FILE] [--set key=value ...] [--address ADDR]"""
+
+from __future__ import annotations
+
+import sys
+
+from cluster.connect import connect
+from jobs.cli import job_parser, load_job_config, run_job
+from pipeline.data.preprocess import OutputConflictError, run_preprocess
+from pipeline.data.readers import InputError
+from schemas.preprocess import PreprocessConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser("Read, pseudo-label and shard a raw multimodal corpus.", "configs/preprocess/default.yaml")
+    parser.add_argument("--input", help="raw corpus: a directory or s3://bucket/prefix")
+    parser.add_argument("--output", help="where shards, manifest and report go: a directory or s3://bucket/prefix")
+    parser.add_argument("--overwrite", action="store_true", help="redo every unit instead of resuming")
+    args = parser.parse_args(argv)
+    config = load_job_config(PreprocessConfig, args, {
+        "input": args.input, "output": args.output, "overwrite": "true" if args.overwrite else None,
+        "ray.address": args.address,
+    })
+    connect(config.ray.address, num_cpus=config.ray.num_cpus)
+    try:
+        report = run_preprocess(config)
+    except (InputError, OutputConflictError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(report))
+    return 0
+
+
+def summary(report: dict) -> str:
+    reasons = ", ".join(f"{k}: {v}" for k, v in report["quarantine_reasons"].items()) or "none"
+    rate = report["samples_per_second_this_run"]
+    return (
+        f"preprocess done: {report['samples_written']}/{report['samples_in']} samples written to {report['output']} "
+        f"in {report['units']} shards x {len(report['folders'])} folders ({', '.join(report['folders'])}); "
+        f"quarantined {report['samples_quarantined']} ({reasons}); "
+        + (f"{rate} samples/s" if rate is not None else "nothing left to do")
+    )
+
+
+if __name__ == "__main__":
+    run_job(main)

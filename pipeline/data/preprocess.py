@@ -1,0 +1,163 @@
+"""The preprocess job: raw corpus -> label shards, as one Ray Data pipeline.
+
+    units --read--> samples --decode + cheap labelers--> [model labeler pools] --write--> shards + unit records
+
+Work units come from the sorted input listing; unit N becomes shard N in every output folder. A unit is done when
+its record exists under `_units/`; a rerun skips done units, so a crash at any point costs only the units in flight,
+and an uninterrupted run and a resumed one write the same bytes. At the end the unit records are merged into
+`manifest.parquet`, `quarantine/quarantine.parquet` and `report.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+
+from pipeline.data.readers import WorkUnit, list_units
+from pipeline.data.shard_writer import UNITS_DIR, commit_unit, unit_record_path, write_unit
+from pipeline.data.stages import PooledLabelStage, decode_stage, read_stage
+from pipeline.data.storage import Storage
+from schemas.preprocess import LabelerConfig, PreprocessConfig
+from schemas.shards import (
+    AUX_FOLDERS,
+    MANIFEST_FILE,
+    QUARANTINE_DIR,
+    QUARANTINE_SCHEMA,
+    REPORT_FILE,
+    ManifestRow,
+    manifest_table,
+)
+
+FINGERPRINT_FILE = "_units/fingerprint.json"
+
+
+class OutputConflictError(RuntimeError):
+    """The output holds a run made from another input or config."""
+
+
+def fingerprint(config: PreprocessConfig, units: list[WorkUnit]) -> dict:
+    """What decides the output's bytes: the recipe (not where it runs or reads from) and the unit listing."""
+    recipe = config.model_dump(mode="json", exclude={"input", "output", "overwrite", "ray", "storage"})
+    units_digest = hashlib.sha256("\n".join(u.label for u in units).encode()).hexdigest()
+    return {"recipe": recipe, "units": len(units), "units_sha256": units_digest}
+
+
+def _check_fingerprint(storage: Storage, expected: dict, overwrite: bool) -> None:
+    if overwrite:  # forget every unit; shards are rewritten in place and the manifest names only current ones
+        storage.remove(UNITS_DIR)
+    if storage.exists(FINGERPRINT_FILE):
+        found = json.loads(storage.read_bytes(FINGERPRINT_FILE))
+        if found != expected:
+            raise OutputConflictError(
+                f"{storage.root} holds output of a different input or recipe; rerun with --overwrite to replace it"
+            )
+    else:
+        storage.write_atomic(FINGERPRINT_FILE, json.dumps(expected, sort_keys=True).encode())
+
+
+def split_labelers(config: PreprocessConfig) -> tuple[dict[str, LabelerConfig], dict[str, LabelerConfig]]:
+    """(fused, pooled): labelers with no concurrency run inside decode tasks, the rest get actor pools."""
+    fused, pooled = {}, {}
+    for modality in config.modalities:
+        labeler_config = config.labelers.get(modality, LabelerConfig())
+        (pooled if labeler_config.concurrency is not None else fused)[modality] = labeler_config
+    return fused, pooled
+
+
+def build_dataset(config: PreprocessConfig, source: Storage, output: Storage, units: list[WorkUnit]) -> ray.data.Dataset:
+    # Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
+    ray.data.DataContext.get_current().target_max_block_size = None
+    fused, pooled = split_labelers(config)
+    items = [{"unit": dataclasses.asdict(u)} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs={"storage": source, "config": config.reader})
+    ds = ds.map_batches(decode_stage, batch_size=None,
+                        fn_kwargs={"image": config.image, "caption": config.caption, "fused": fused})
+    for modality, labeler_config in pooled.items():
+        ds = ds.map_batches(
+            PooledLabelStage, batch_size=None, fn_constructor_args=(modality, labeler_config),
+            concurrency=labeler_config.concurrency, num_cpus=labeler_config.num_cpus,
+            num_gpus=labeler_config.num_gpus or None,
+        )
+    labels = {u.index: u.label for u in units}
+    return ds.map_batches(write_unit, batch_size=None,
+                          fn_kwargs={"storage": output, "modalities": config.modalities, "unit_label": labels})
+
+
+def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the job described by `config`; returns the report it also writes."""
+    if not config.input or not config.output:
+        raise ValueError("preprocess needs an input and an output (--input/--output or input:/output: in the config)")
+    started = time.perf_counter()
+    source, output = Storage(config.input, config.storage), Storage(config.output, config.storage)
+    units = list_units(source, config.reader)
+    _check_fingerprint(output, fingerprint(config, units), config.overwrite)
+    done = {int(p.rsplit("-", 1)[1].split(".")[0]) for p in output.list(UNITS_DIR) if "/unit-" in p}
+    pending = [u for u in units if u.index not in done]
+    log(f"preprocess: {len(units)} units in {source.root}; {len(done)} already done, {len(pending)} to do")
+    if pending:
+        ds = build_dataset(config, source, output, pending)
+        for count, row in enumerate(ds.iter_rows(), start=1):
+            record = json.loads(row["record"])
+            log(f"  unit {record['unit']:>6} done ({count}/{len(pending)}): {record['samples_written']} written, "
+                f"{len(record['quarantine'])} quarantined")
+            done.add(record["unit"])
+    # A unit with no readable members produces no rows and so never reaches the writer: commit it empty here,
+    # so every shard number exists in every folder.
+    for unit in units:
+        if unit.index not in done:
+            empty = {k: [] for k in ("key", "source_uri", "stage", "reason", "detail", "crop")}
+            commit_unit(output, unit.index, unit.label, empty, config.modalities)
+    if not pending and output.exists(REPORT_FILE):  # a finished job: rerunning it changes nothing
+        return json.loads(output.read_bytes(REPORT_FILE))
+    return finalize(output, config, units, time.perf_counter() - started, {u.index for u in pending})
+
+
+def finalize(output: Storage, config: PreprocessConfig, units: list[WorkUnit], seconds: float, processed: set[int]) -> dict:
+    """Merge unit records into the manifest, the quarantine table and the report."""
+    records = [json.loads(output.read_bytes(unit_record_path(u.index))) for u in units]
+    rows = [ManifestRow(**{**m, "source_units": tuple(m["source_units"])}) for r in records for m in r["manifest"]]
+    _write_parquet(output, MANIFEST_FILE, manifest_table(rows))
+    quarantine = [q for r in records for q in r["quarantine"]]
+    _write_parquet(output, f"{QUARANTINE_DIR}/quarantine.parquet",
+                   pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
+    samples_in = sum(r["samples_in"] for r in records)
+    written = sum(r["samples_written"] for r in records)
+    processed_samples = sum(r["samples_in"] for r in records if r["unit"] in processed)
+    report = {
+        "input": config.input,
+        "output": config.output,
+        "units": len(units),
+        "shards_per_folder": len(units),
+        "folders": [*config.modalities, *AUX_FOLDERS],
+        "samples_in": samples_in,
+        "samples_written": written,
+        "samples_quarantined": len(quarantine),
+        "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
+        "bytes_per_folder": _bytes_per_folder(rows),
+        "seconds": round(seconds, 3),
+        "samples_per_second_this_run": round(processed_samples / seconds, 2) if processed else None,
+    }
+    output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())
+    return report
+
+
+def _bytes_per_folder(rows: list[ManifestRow]) -> dict[str, int]:
+    totals: Counter = Counter()
+    for row in rows:
+        totals[row.folder] += row.bytes
+    return dict(sorted(totals.items()))
+
+
+def _write_parquet(storage: Storage, relpath: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_atomic(relpath, sink.getvalue().to_pybytes())

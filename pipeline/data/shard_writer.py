@@ -1,0 +1,85 @@
+"""Write one work unit's shards and commit it.
+
+A unit becomes shard N (N = unit index) in every output folder, all holding the same keys in the same order. Each
+tar is committed atomically, then the unit's record (its manifest rows and quarantine records) is committed last:
+the record is what marks the unit done, so a crash anywhere before it simply makes a rerun redo the unit, which
+writes the same bytes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import numpy as np
+
+from pipeline.data.encoding import encode_json, encode_npy
+from pipeline.data.stages import Batch, ok_mask, payload_column
+from pipeline.data.storage import Storage
+from pipeline.data.tar_io import tar_bytes
+from schemas.modalities import get_modality
+from schemas.shards import (
+    CROP_SETTINGS_FOLDER,
+    SOURCE_FOLDER,
+    ManifestRow,
+    QuarantineRecord,
+    Reason,
+    Stage,
+    member_name,
+    shard_relpath,
+)
+
+UNITS_DIR = "_units"
+
+
+def unit_record_path(index: int) -> str:
+    return f"{UNITS_DIR}/unit-{index:06d}.json"
+
+
+def write_unit(batch: Batch, *, storage: Storage, modalities: tuple[str, ...], unit_label: dict[int, str]) -> Batch:
+    """Ray Data stage: write the unit in `batch` and return a one-row summary."""
+    units = set(batch["unit"].tolist())
+    if len(units) != 1 or len(batch["unit"]) != int(batch["unit_rows"][0]):
+        # Should never happen (blocks are not split); if it does, writing would silently lose samples.
+        raise RuntimeError(f"writer got a partial or mixed unit: units {sorted(units)}, {len(batch['unit'])} rows")
+    (index,) = units
+    record = commit_unit(storage, index, unit_label[index], batch, modalities)
+    return {"unit": np.array([index]), "record": np.array([json.dumps(record)], dtype=object)}
+
+
+def commit_unit(storage: Storage, index: int, label: str, batch: Batch, modalities: tuple[str, ...]) -> dict:
+    good = np.flatnonzero(ok_mask(batch)) if len(batch["key"]) else np.array([], dtype=int)
+    keys = [batch["key"][i] for i in good]
+    folders: dict[str, tuple[str | None, str, list[bytes]]] = {}
+    for modality in modalities:
+        payloads = [batch[payload_column(modality)][i] for i in good]
+        folders[modality] = (modality, get_modality(modality).ext, payloads)
+    folders[CROP_SETTINGS_FOLDER] = (None, "npy", [encode_npy(batch["crop"][i][None, :]) for i in good])
+    folders[SOURCE_FOLDER] = (None, "json", [
+        encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i]}) for i in good
+    ])
+    manifest = []
+    for folder, (modality, ext, payloads) in folders.items():
+        payload = tar_bytes((member_name(k, ext), p) for k, p in zip(keys, payloads))
+        relpath = shard_relpath(folder, index)
+        storage.write_atomic(relpath, payload)
+        manifest.append(ManifestRow(
+            folder=folder, modality=modality, shard=index, uri=relpath, samples=len(keys), bytes=len(payload),
+            sha256=hashlib.sha256(payload).hexdigest(), source_units=(label,),
+        ))
+    quarantined = [
+        QuarantineRecord(batch["source_uri"][i], batch["key"][i], Stage(batch["stage"][i]), Reason(batch["reason"][i]),
+                         batch["detail"][i])
+        for i in range(len(batch["key"])) if batch["reason"][i] != ""
+    ]
+    record = {
+        "unit": index,
+        "source": label,
+        "samples_in": len(keys) + len(quarantined),
+        "samples_written": len(keys),
+        "manifest": [{**asdict(row), "source_units": list(row.source_units)} for row in manifest],
+        "quarantine": [q.as_row() for q in quarantined],
+    }
+    storage.write_atomic(unit_record_path(index), json.dumps(record, sort_keys=True).encode())
+    return record

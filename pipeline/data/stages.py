@@ -1,0 +1,122 @@
+"""The preprocess stages as plain functions and callable classes over Ray Data batches.
+
+One batch is one work unit: the read stage turns a unit into a single block, and every later stage runs with
+`batch_size=None` on a context whose blocks are never split (see pipeline.data.preprocess). That keeps a unit's
+samples together and in source order all the way to the writer, which can then commit the unit's shards as a whole.
+
+Rows carry a quarantine status: a sample rejected by any stage keeps flowing with `reason` set, so the writer sees
+every input sample exactly once, either as a shard member or as a quarantine record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.data.decode import DecodeError, decode_caption, decode_image, decode_metadata
+from pipeline.data.labelers import DecodedBatch, get_labeler
+from pipeline.data.readers import RawSample, WorkUnit, read_unit
+from pipeline.data.storage import Storage
+from schemas.preprocess import CaptionConfig, ImageConfig, LabelerConfig, ReaderConfig
+from schemas.shards import QuarantineRecord, Reason, Stage
+
+Batch = dict[str, np.ndarray]
+STATUS_COLUMNS = ("stage", "reason", "detail")
+
+
+def payload_column(modality: str) -> str:
+    return f"out_{modality}"
+
+
+def ok_mask(batch: Batch) -> np.ndarray:
+    return np.asarray([reason == "" for reason in batch["reason"]], dtype=bool)
+
+
+def quarantine(batch: Batch, index: int, stage: Stage, reason: Reason, detail: str) -> None:
+    batch["stage"][index], batch["reason"][index], batch["detail"][index] = stage.value, reason.value, detail[:1000]
+
+
+# --- read ----------------------------------------------------------------------------------------------------------
+def read_stage(units: Batch, *, storage: Storage, config: ReaderConfig) -> Batch:
+    """One unit row in, all of that unit's samples and read-stage quarantine records out, in source order."""
+    (unit_json,) = units["unit"]
+    unit = WorkUnit(**{k: tuple(v) if isinstance(v, list) else v for k, v in unit_json.items()})
+    rows: dict[str, list] = {c: [] for c in ("unit", "key", "source_uri", "image", "caption", "meta", *STATUS_COLUMNS)}
+    for item in read_unit(storage, unit, config):
+        if isinstance(item, RawSample):
+            values = (item.key, item.source_uri, item.image, item.caption, item.meta, "", "", "")
+        else:
+            values = (item.source_key, item.source_uri, None, None, None, item.stage.value, item.reason.value, item.detail)
+        for column, value in zip(("key", "source_uri", "image", "caption", "meta", *STATUS_COLUMNS), values):
+            rows[column].append(value)
+        rows["unit"].append(unit.index)
+    batch = {column: np.array(values, dtype=object) for column, values in rows.items()}
+    batch["unit"] = np.asarray(rows["unit"], dtype=np.int64)
+    batch["unit_rows"] = np.full(len(rows["unit"]), len(rows["unit"]), dtype=np.int64)
+    return batch
+
+
+# --- decode (+ the cheap labelers, fused into the same task) --------------------------------------------------------
+def decode_stage(
+    batch: Batch, *, image: ImageConfig, caption: CaptionConfig, fused: dict[str, LabelerConfig]
+) -> Batch:
+    n = len(batch["key"])
+    pixels = np.zeros((n, image.resolution, image.resolution, 3), dtype=np.uint8)
+    crops = np.zeros((n, 5), dtype=np.int32)
+    captions, sizes = [""] * n, [(0, 0)] * n
+    for i in np.flatnonzero(ok_mask(batch)):
+        try:
+            pixels[i], crop, sizes[i] = decode_image(batch["image"][i], image)
+            crops[i] = crop.as_array()[0]
+            captions[i] = decode_caption(batch["caption"][i], caption)
+            decode_metadata(batch["meta"][i])  # validated strictly; not yet carried further
+        except DecodeError as exc:
+            quarantine(batch, i, Stage.DECODE, exc.reason, exc.detail)
+    out = {k: v for k, v in batch.items() if k not in ("image", "caption", "meta")}
+    out.update(pixels=pixels, crop=crops, caption=np.array(captions, dtype=object),
+               orig_size=np.asarray(sizes, dtype=np.int64).reshape(n, 2))
+    for modality, labeler_config in fused.items():
+        apply_labeler(out, get_labeler(modality)(labeler_config), labeler_config.batch_size)
+    return out
+
+
+def apply_labeler(batch: Batch, labeler, batch_size: int) -> None:
+    """Run `labeler` over the batch's good rows in mini-batches; a failure quarantines only the samples it hit."""
+    n = len(batch["key"])
+    column = np.full(n, None, dtype=object)
+    good = np.flatnonzero(ok_mask(batch))
+    for start in range(0, len(good), batch_size):
+        chunk = good[start : start + batch_size]
+        try:
+            payloads = labeler(_decoded(batch, chunk))
+        except Exception:  # retry one by one so a single bad sample cannot sink its neighbours
+            payloads = []
+            for i in chunk:
+                try:
+                    payloads.extend(labeler(_decoded(batch, np.array([i]))))
+                except Exception as exc:
+                    payloads.append(None)
+                    quarantine(batch, i, Stage.LABEL, Reason.LABEL_FAILED,
+                               f"{labeler.modality}: {type(exc).__name__}: {exc}")
+        for i, payload in zip(chunk, payloads):
+            column[i] = payload
+    batch[payload_column(labeler.modality)] = column
+
+
+def _decoded(batch: Batch, index: np.ndarray) -> DecodedBatch:
+    return DecodedBatch(
+        images=batch["pixels"][index],
+        captions=[batch["caption"][i] for i in index],
+        original_sizes=[tuple(batch["orig_size"][i]) for i in index],
+    )
+
+
+class PooledLabelStage:
+    """A labeler in its own Ray Data actor pool: built once per actor (weights loaded once), then fed whole units."""
+
+    def __init__(self, modality: str, config: LabelerConfig):
+        self.labeler = get_labeler(modality)(config)
+        self.batch_size = config.batch_size
+
+    def __call__(self, batch: Batch) -> Batch:
+        apply_labeler(batch, self.labeler, self.batch_size)
+        return batch

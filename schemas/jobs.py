@@ -1,0 +1,20 @@
+"""Which typed config each job reads; `configs/<job>/*.yaml` holds that job's recipes."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from schemas.config import ConfigModel
+from schemas.preprocess import PreprocessConfig
+
+JOB_CONFIGS: dict[str, type[ConfigModel]] = {
+    "preprocess": PreprocessConfig,
+}
+
+
+def config_model_for(relpath: str | PurePath) -> type[ConfigModel]:
+    """The config model of a recipe file, from its folder under configs/ (e.g. preprocess/default.yaml)."""
+    job = PurePath(relpath).parts[0]
+    if job not in JOB_CONFIGS:
+        raise KeyError(f"configs/{job}/ belongs to no job; jobs with configs: {sorted(JOB_CONFIGS)}")
+    return JOB_CONFIGS[job]

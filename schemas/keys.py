@@ -1,0 +1,49 @@
+"""Sample keys.
+
+WebDataset splits a member name at its first dot into key and extension, so a key with a dot would silently
+become a different key plus a bogus extension. Keys are therefore restricted to a small, path-safe alphabet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_KEY_LENGTH = 128
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class InvalidKeyError(ValueError):
+    """A sample key breaks the key rules."""
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a valid sample key, else raise InvalidKeyError saying why."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"sample key must be a non-empty string, got {key!r}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"sample key longer than {MAX_KEY_LENGTH} characters: {key[:40]!r}...")
+    if not _KEY_RE.match(key):
+        raise InvalidKeyError(
+            f"sample key {key!r} may only hold letters, digits, '_' and '-' (no dots, slashes or spaces)"
+        )
+    return key
+
+
+def make_key(*parts: str | int) -> str:
+    """Build a valid key from parts, e.g. make_key("scene", 42) -> "scene_000000042"."""
+    pieces = [f"{p:09d}" if isinstance(p, int) else str(p) for p in parts]
+    return validate_key("_".join(pieces))
+
+
+def sanitize_key(raw: str) -> str:
+    """Map an arbitrary source name (file stem, parquet id) to a valid, stable key.
+
+    Characters outside the alphabet become '-'; a short hash of the raw name keeps two names that sanitize to the
+    same text apart, so no two distinct sources ever share a key.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", raw)[: MAX_KEY_LENGTH - 9].strip("-") or "key"
+    if cleaned == raw and len(raw) <= MAX_KEY_LENGTH:
+        return raw
+    digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return validate_key(f"{cleaned}-{digest}")

@@ -1,0 +1,87 @@
+"""Typed config of the preprocess job (`configs/preprocess/default.yaml`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import Field
+
+from schemas.config import ConfigModel
+from schemas.modalities import require_implemented
+
+
+class StorageConfig(ConfigModel):
+    """Where s3:// paths live. Credentials come from the standard AWS environment/profile chain by default; they are
+    never printed or written into outputs (they are excluded from dumps and reprs)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    anon: bool = False
+    access_key_id: pydantic.SecretStr | None = Field(default=None, repr=False)
+    secret_access_key: pydantic.SecretStr | None = Field(default=None, repr=False)
+
+
+class ReaderConfig(ConfigModel):
+    format: Literal["auto", "webdataset", "parquet", "folder"] = "auto"
+    # Parquet input: which columns hold what. `image_column` holds bytes or a path relative to the parquet file.
+    image_column: str = "image"
+    caption_column: str = "caption"
+    key_column: str | None = "key"
+    # Folder and parquet inputs are cut into units of this many samples; a tar is one unit as it stands.
+    samples_per_unit: int = Field(default=256, ge=1, le=1_000_000)
+
+
+class ImageConfig(ConfigModel):
+    resolution: int = Field(default=224, ge=8, le=4096)
+    min_side: int = Field(default=16, ge=1)
+    # Decompression-bomb guard: an image whose header claims more pixels than this is refused before decoding.
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
+
+class CaptionConfig(ConfigModel):
+    max_chars: int = Field(default=4096, ge=1)
+    required: bool = False
+
+
+class LabelerConfig(ConfigModel):
+    """Resources of one pseudo-labeler. `concurrency` None runs it inside the decode tasks (cheap CPU labelers);
+    a number (or [min, max]) gives it its own Ray Data actor pool, as model-based labelers need."""
+
+    concurrency: int | tuple[int, int] | None = None
+    batch_size: int = Field(default=32, ge=1)
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    weights: str | None = None  # local path or s3:// URI of the model weights; nothing is downloaded from a hub
+
+
+class RayConfig(ConfigModel):
+    address: str | None = None  # None starts a local instance
+    num_cpus: int | None = None  # of the local instance
+
+
+class PreprocessConfig(ConfigModel):
+    input: str | None = None
+    output: str | None = None
+    stages: tuple[Literal["label"], ...] = ("label",)
+    modalities: tuple[str, ...] = ("rgb", "caption", "canny_edge", "color_palette", "metadata")
+    overwrite: bool = False
+    reader: ReaderConfig = ReaderConfig()
+    image: ImageConfig = ImageConfig()
+    caption: CaptionConfig = CaptionConfig()
+    labelers: dict[str, LabelerConfig] = Field(default_factory=dict)
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+    @pydantic.field_validator("modalities")
+    @classmethod
+    def _modalities_implemented(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            canonical = tuple(require_implemented(n).name for n in names)
+        except (KeyError, NotImplementedError) as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(canonical)) != len(canonical):
+            raise ValueError(f"modality listed twice: {list(names)}")
+        return canonical

@@ -1,0 +1,168 @@
+"""Shard layout, manifest and quarantine schemas.
+
+Layout (ml-4m compatible): one folder per modality, `ROOT/<folder>/shard-000042.tar`, members `<key>.<ext>`.
+Shard N of every folder holds the same keys in the same order, so ml-4m's loader (which zips the tars) and any
+WebDataset reader can read them. Two auxiliary folders ride along with every output: `crop_settings` (the crop each
+token row was made from) and `source` (where each sample came from).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+SHARD_DIGITS = 6
+SHARD_PATTERN = re.compile(rf"^shard-(\d{{{SHARD_DIGITS}}})\.tar$")
+
+MANIFEST_FILE = "manifest.parquet"
+REPORT_FILE = "report.json"
+QUARANTINE_DIR = "quarantine"
+
+CROP_SETTINGS_FOLDER = "crop_settings"  # <key>.npy, int32 (n_crops, 5): top, left, height, width, hflip
+SOURCE_FOLDER = "source"  # <key>.json: {"uri": ..., "key": ...} of the raw sample
+AUX_FOLDERS = (CROP_SETTINGS_FOLDER, SOURCE_FOLDER)
+
+
+def shard_name(index: int) -> str:
+    if not 0 <= index < 10**SHARD_DIGITS:
+        raise ValueError(f"shard index {index} outside 0..{10**SHARD_DIGITS - 1}")
+    return f"shard-{index:0{SHARD_DIGITS}d}.tar"
+
+
+def shard_index(name: str) -> int:
+    """Inverse of shard_name; raises ValueError for anything else."""
+    match = SHARD_PATTERN.match(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a shard name like {shard_name(42)!r}")
+    return int(match.group(1))
+
+
+def token_folder(modality: str) -> str:
+    """Folder of a modality's token arrays, beside its label folder (ml-4m names them `tok_<modality>`)."""
+    return f"tok_{modality}"
+
+
+def shard_relpath(folder: str, index: int) -> str:
+    """Path of a shard relative to the output root; always '/'-separated so it works for s3:// too."""
+    return f"{folder}/{shard_name(index)}"
+
+
+def member_name(key: str, ext: str) -> str:
+    return f"{key}.{ext}"
+
+
+def braceexpand_pattern(root: str, folders: list[str], num_shards: int) -> str:
+    """The brace pattern ml-4m and WebDataset accept, e.g. ROOT/[rgb,caption]/shard-{000000..000009}.tar."""
+    names = folders[0] if len(folders) == 1 else "[" + ",".join(folders) + "]"
+    last = f"{num_shards - 1:0{SHARD_DIGITS}d}"
+    return f"{root.rstrip('/')}/{names}/shard-{{{0:0{SHARD_DIGITS}d}..{last}}}.tar"
+
+
+# --- manifest ------------------------------------------------------------------------------------------------------
+# One row per (folder, shard). Writers commit a shard atomically, then append its row; readers trust the manifest,
+# never a directory listing, so a half-written or stray file is never read.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("folder", pa.string(), nullable=False),  # modality, tok_<modality> or an aux folder
+        pa.field("modality", pa.string(), nullable=True),  # null for aux folders
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),  # relative to the output root
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("token_count", pa.int64(), nullable=True),  # null for untokenized folders
+        pa.field("tokenizer_id", pa.string(), nullable=True),
+        pa.field("tokenizer_hash", pa.string(), nullable=True),
+        pa.field("source_units", pa.list_(pa.string()), nullable=False),
+        pa.field("format_version", pa.int32(), nullable=False),
+    ],
+    metadata={"tessera.format_version": str(FORMAT_VERSION)},
+)
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    folder: str
+    modality: str | None
+    shard: int
+    uri: str
+    samples: int
+    bytes: int
+    sha256: str
+    source_units: tuple[str, ...]
+    token_count: int | None = None
+    tokenizer_id: str | None = None
+    tokenizer_hash: str | None = None
+    format_version: int = FORMAT_VERSION
+
+
+def manifest_table(rows: list[ManifestRow]) -> pa.Table:
+    """Rows as a table in the manifest schema, sorted by (folder, shard) so equal runs write equal files."""
+    ordered = sorted(rows, key=lambda r: (r.folder, r.shard))
+    records = [{**asdict(r), "source_units": list(r.source_units)} for r in ordered]
+    return pa.Table.from_pylist(records, schema=MANIFEST_SCHEMA)
+
+
+# --- quarantine ----------------------------------------------------------------------------------------------------
+class Stage(str, enum.Enum):
+    READ = "read"
+    DECODE = "decode"
+    LABEL = "label"
+    TOKENIZE = "tokenize"
+    WRITE = "write"
+
+
+class Reason(str, enum.Enum):
+    """Why a sample was rejected; reports count samples per reason, so reasons are a closed set."""
+
+    UNSAFE_MEMBER = "unsafe_member"  # absolute path, '..', link or device in a tar
+    TRUNCATED = "truncated"  # the archive ends mid-member
+    UNREADABLE = "unreadable"  # the source could not be read at all
+    INVALID_KEY = "invalid_key"
+    DUPLICATE_KEY = "duplicate_key"
+    MISSING_IMAGE = "missing_image"
+    BAD_IMAGE = "bad_image"  # not decodable
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    IMAGE_TOO_SMALL = "image_too_small"
+    BAD_CAPTION = "bad_caption"  # not UTF-8, empty or too long
+    BAD_METADATA = "bad_metadata"  # JSON that does not parse strictly
+    LABEL_FAILED = "label_failed"
+    TOKENIZE_FAILED = "tokenize_failed"
+
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),  # the human-readable why: exception text, limits hit
+    ],
+    metadata={"tessera.format_version": str(FORMAT_VERSION)},
+)
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    source_uri: str
+    source_key: str
+    stage: Stage
+    reason: Reason
+    detail: str = ""
+
+    def as_row(self) -> dict[str, str]:
+        return {
+            "source_uri": self.source_uri,
+            "source_key": self.source_key,
+            "stage": self.stage.value,
+            "reason": self.reason.value,
+            "detail": self.detail[:1000],
+        }
+
+
+def quarantine_table(records: list[QuarantineRecord]) -> pa.Table:
+    return pa.Table.from_pylist([r.as_row() for r in records], schema=QUARANTINE_SCHEMA)
