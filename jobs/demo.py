@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     step("2/3 preprocess on Ray")
     ray_info = connect(args.address)
-    print(f"Ray: {ray_info}")
+    print(f"Ray ({ray_info['mode']}) at {ray_info['address']}: {ray_info['nodes']} node(s), "
+          f"{ray_info['resources'].get('CPU', 0):.0f} CPU, {ray_info['resources'].get('GPU', 0):.0f} GPU")
     config = load_config(PreprocessConfig, REPO_ROOT / "configs/preprocess/default.yaml", [
         f"input={corpus.out}", f"output={out}/shards", f"image.resolution={args.resolution}", "reader.samples_per_unit=64",
     ])

@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,7 +24,7 @@ import ray.data
 
 from pipeline.data.readers import WorkUnit, list_units
 from pipeline.data.shard_writer import UNITS_DIR, commit_unit, unit_record_path, write_unit
-from pipeline.data.stages import PooledLabelStage, decode_stage, read_stage
+from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
 from schemas.preprocess import LabelerConfig, PreprocessConfig
 from schemas.shards import (
@@ -72,24 +73,39 @@ def split_labelers(config: PreprocessConfig) -> tuple[dict[str, LabelerConfig], 
     return fused, pooled
 
 
+def chain(*stages: Callable[[Batch], Batch]) -> Callable[[Batch], Batch]:
+    """Several stages as one Ray Data UDF: one task per unit and no block conversion between them. Ray Data's own
+    operator fusion still converts each batch to an Arrow block and back between fused stages, which cost about
+    a third of the per-sample compute here (see BENCHMARKS.md)."""
+
+    def run(batch: Batch) -> Batch:
+        for stage in stages:
+            batch = stage(batch)
+        return batch
+
+    return run
+
+
 def build_dataset(config: PreprocessConfig, source: Storage, output: Storage, units: list[WorkUnit]) -> ray.data.Dataset:
     # Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
     ray.data.DataContext.get_current().target_max_block_size = None
     fused, pooled = split_labelers(config)
+    read = partial(read_stage, storage=source, config=config.reader)
+    decode = partial(decode_stage, image=config.image, caption=config.caption, fused=fused)
+    write = partial(write_unit, storage=output, modalities=config.modalities,
+                    unit_label={u.index: u.label for u in units})
     items = [{"unit": dataclasses.asdict(u)} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs={"storage": source, "config": config.reader})
-    ds = ds.map_batches(decode_stage, batch_size=None,
-                        fn_kwargs={"image": config.image, "caption": config.caption, "fused": fused})
+    if not pooled:  # everything in one task per unit
+        return ds.map_batches(chain(read, decode, write), batch_size=1)
+    ds = ds.map_batches(chain(read, decode), batch_size=1)
     for modality, labeler_config in pooled.items():
         ds = ds.map_batches(
             PooledLabelStage, batch_size=None, fn_constructor_args=(modality, labeler_config),
             concurrency=labeler_config.concurrency, num_cpus=labeler_config.num_cpus,
             num_gpus=labeler_config.num_gpus or None,
         )
-    labels = {u.index: u.label for u in units}
-    return ds.map_batches(write_unit, batch_size=None,
-                          fn_kwargs={"storage": output, "modalities": config.modalities, "unit_label": labels})
+    return ds.map_batches(write, batch_size=None)
 
 
 def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> dict:

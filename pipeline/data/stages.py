@@ -17,7 +17,7 @@ from pipeline.data.labelers import DecodedBatch, get_labeler
 from pipeline.data.readers import RawSample, WorkUnit, read_unit
 from pipeline.data.storage import Storage
 from schemas.preprocess import CaptionConfig, ImageConfig, LabelerConfig, ReaderConfig
-from schemas.shards import QuarantineRecord, Reason, Stage
+from schemas.shards import Reason, Stage
 
 Batch = dict[str, np.ndarray]
 STATUS_COLUMNS = ("stage", "reason", "detail")
@@ -29,6 +29,11 @@ def payload_column(modality: str) -> str:
 
 def ok_mask(batch: Batch) -> np.ndarray:
     return np.asarray([reason == "" for reason in batch["reason"]], dtype=bool)
+
+
+def optional_bytes(value) -> bytes | None:
+    """A column of bytes and Nones comes back from Arrow as NaN where every value was None."""
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else None
 
 
 def quarantine(batch: Batch, index: int, stage: Stage, reason: Reason, detail: str) -> None:
@@ -65,10 +70,10 @@ def decode_stage(
     captions, sizes = [""] * n, [(0, 0)] * n
     for i in np.flatnonzero(ok_mask(batch)):
         try:
-            pixels[i], crop, sizes[i] = decode_image(batch["image"][i], image)
+            pixels[i], crop, sizes[i] = decode_image(optional_bytes(batch["image"][i]), image)
             crops[i] = crop.as_array()[0]
-            captions[i] = decode_caption(batch["caption"][i], caption)
-            decode_metadata(batch["meta"][i])  # validated strictly; not yet carried further
+            captions[i] = decode_caption(optional_bytes(batch["caption"][i]), caption)
+            decode_metadata(optional_bytes(batch["meta"][i]))  # validated strictly; not yet carried further
         except DecodeError as exc:
             quarantine(batch, i, Stage.DECODE, exc.reason, exc.detail)
     out = {k: v for k, v in batch.items() if k not in ("image", "caption", "meta")}

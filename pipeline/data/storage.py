@@ -19,7 +19,8 @@ from schemas.preprocess import StorageConfig
 
 def storage_options(config: StorageConfig) -> dict:
     """fsspec options for s3fs from the typed config; empty values fall through to the AWS environment chain."""
-    options: dict = {"anon": config.anon}
+    # Listing caches would hide what another worker just committed; every lookup must see the bucket as it is.
+    options: dict = {"anon": config.anon, "use_listings_cache": False, "skip_instance_cache": True}
     client_kwargs = {}
     if config.endpoint_url:
         client_kwargs["endpoint_url"] = config.endpoint_url

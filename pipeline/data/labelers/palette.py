@@ -21,9 +21,10 @@ class ColorPalette(Labeler):
 
 
 def palette(image: np.ndarray) -> dict:
-    # Median cut is deterministic (k-means would need a seed and iterations) and fast on a downsampled image.
+    # Max-coverage quantisation spreads the palette over the colours present (median cut spends it on shades of a
+    # large background); like median cut it is deterministic, which k-means would not be without a seed.
     small = Image.fromarray(image).resize((64, 64), Image.Resampling.BILINEAR)
-    quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
     counts = np.bincount(np.asarray(quantized).ravel(), minlength=MAX_COLORS)
     colors = np.asarray(quantized.getpalette()[: 3 * MAX_COLORS], dtype=np.int64).reshape(-1, 3)
     total = counts.sum()

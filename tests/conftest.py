@@ -1,0 +1,83 @@
+"""Shared fixtures. The multi-node Ray cluster is started once per pytest session, and only if a test asks for it."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from cluster.connect import ClusterSummary, connect
+from cluster.local import ClusterSpec, LocalCluster
+
+# Head + 2 workers, 1 CPU each: enough to see tasks spread over nodes and to lose one node. Ray's object-store
+# minimum is 75 MiB; 200 MiB per node leaves room for small datasets without spilling.
+TEST_CLUSTER = ClusterSpec(workers=2, cpus_per_node=1, object_store_mb=200)
+
+
+@pytest.fixture(scope="session")
+def ray_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An environment where Ray can only find what the tests start: no RAY_ADDRESS, and a token of the session's
+    own (the user's ~/.ray/auth_token is neither read nor created)."""
+    token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("RAY_ADDRESS", raising=False)
+        env.delenv("RAY_AUTH_TOKEN", raising=False)
+        env.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        env.setenv("RAY_AUTH_MODE", "token")
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local head + 2 worker cluster for the whole session; stopped, all its processes, at the end."""
+    cluster = LocalCluster(TEST_CLUSTER, tmp_path_factory.mktemp("ray-cluster")).start(timeout_s=120)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster: LocalCluster) -> Iterator[ClusterSummary]:
+    """This process connected as a driver to `ray_cluster` (attached to the head node, as Ray prefers it)."""
+    summary = connect(ray_cluster.address)
+    try:
+        yield summary
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint over HTTP (moto's server) on a free localhost port, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+S3_TEST_KEY, S3_TEST_SECRET = "tessera-test-key", "tessera-test-secret-do-not-print"
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, list[str]]]:
+    """A fresh bucket and the --set overrides that point a job's storage at it (credentials through the config,
+    since Ray worker nodes were started before this fixture and do not see its environment)."""
+    import boto3
+
+    name = f"tessera-{secrets.token_hex(4)}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_TEST_KEY, aws_secret_access_key=S3_TEST_SECRET)
+    client.create_bucket(Bucket=name)
+    overrides = [f"storage.endpoint_url={s3_endpoint}", "storage.region=us-east-1",
+                 f"storage.access_key_id={S3_TEST_KEY}", f"storage.secret_access_key={S3_TEST_SECRET}"]
+    yield name, overrides

@@ -1,0 +1,161 @@
+"""The preprocess job end to end on a real Ray cluster, real tars, read back with the webdataset library."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import webdataset as wds
+
+from hostile_corpus import MAX_PIXELS, write_hostile_corpus
+from pipeline.data.inspect import iterate_shard, verify_output
+from pipeline.data.preprocess import OutputConflictError, run_preprocess
+from pipeline.data.sample_corpus import write_corpus
+from pipeline.data.storage import Storage
+from schemas.config import load_config
+from schemas.corpus import SampleCorpusConfig
+from schemas.preprocess import PreprocessConfig, StorageConfig
+from schemas.shards import MANIFEST_FILE, braceexpand_pattern
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def recipe(input_dir, output_dir, *overrides: str) -> PreprocessConfig:
+    return load_config(PreprocessConfig, REPO / "configs/preprocess/default.yaml", [
+        f"input={input_dir}", f"output={output_dir}", "image.resolution=32", *overrides,
+    ])
+
+
+def shard_digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("shard-*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(SampleCorpusConfig(out=str(root), samples=40, image_size=64, samples_per_shard=16))
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("labelled") / "out"
+    return out, run_preprocess(recipe(corpus, out), log=lambda _: None)
+
+
+def test_output_is_complete_aligned_and_readable(labelled):
+    out, report = labelled
+    assert report["samples_in"] == report["samples_written"] == 40 and report["samples_quarantined"] == 0
+    summary = verify_output(Storage(str(out), StorageConfig()))
+    assert summary.shards == 3 and summary.samples == 40
+    assert set(summary.folders) == {"rgb", "caption", "canny_edge", "color_palette", "metadata",
+                                    "crop_settings", "source"}
+
+
+def test_webdataset_and_ray_data_read_the_same_samples(labelled):
+    out, _ = labelled
+    urls = braceexpand_pattern(str(out), ["caption"], 3)
+    via_wds = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(urls, shardshuffle=False)}
+    via_ray = {r["__key__"]: r["txt"] for r in ray.data.read_webdataset(str(out / "caption")).take_all()}
+    assert len(via_wds) == 40 and via_wds == via_ray
+    # the source modality points back at the raw sample
+    first = next(iter(wds.WebDataset(str(out / "source" / "shard-000000.tar"), shardshuffle=False)))
+    assert json.loads(first["json"])["uri"].endswith("corpus-000000.tar")
+
+
+def test_same_input_gives_byte_identical_shards_and_rerun_changes_nothing(corpus, labelled, tmp_path):
+    out, _ = labelled
+    again = tmp_path / "again"
+    run_preprocess(recipe(corpus, again), log=lambda _: None)
+    assert shard_digests(again) == shard_digests(out)
+    before = {p: p.stat().st_mtime_ns for p in again.rglob("*") if p.is_file()}
+    run_preprocess(recipe(corpus, again), log=lambda _: None)
+    assert {p: p.stat().st_mtime_ns for p in again.rglob("*") if p.is_file()} == before
+
+
+def test_hostile_corpus_every_sample_written_or_quarantined_once(tmp_path):
+    expected = write_hostile_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    report = run_preprocess(recipe(tmp_path / "in", out, f"image.max_pixels={MAX_PIXELS}", "caption.max_chars=1000"),
+                            log=lambda _: None)
+    written = [key for p in sorted((out / "rgb").glob("shard-*.tar"))
+               for key, _ in iterate_shard(p.read_bytes())]
+    quarantined = pq.read_table(out / "quarantine" / "quarantine.parquet").to_pylist()
+    outcomes = sorted([(k, "written") for k in written] + [(q["source_key"], q["reason"]) for q in quarantined])
+    assert outcomes == expected
+    assert report["samples_in"] == len(expected)
+    assert report["quarantine_reasons"] == dict(sorted(Counter(o for _, o in expected if o != "written").items()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"], "nothing written outside OUTPUT"
+    assert verify_output(Storage(str(out), StorageConfig())).shards == 4, "the empty tar still has its shard"
+
+
+def test_resume_after_partial_output_matches_uninterrupted(corpus, labelled, tmp_path):
+    out, _ = labelled
+    partial = tmp_path / "partial"
+    run_preprocess(recipe(corpus, partial), log=lambda _: None)
+    # A crash after unit 1's shards were written but before its record, and one before unit 2 started at all.
+    (partial / "_units" / "unit-000001.json").unlink()
+    (partial / "_units" / "unit-000002.json").unlink()
+    for folder in ("rgb", "caption"):
+        (partial / folder / "shard-000002.tar").unlink()
+    (partial / "rgb" / ".tmp-deadbeef-shard-000001.tar").write_bytes(b"half a shard")
+    (partial / MANIFEST_FILE).unlink()
+    log = []
+    run_preprocess(recipe(corpus, partial), log=log.append)
+    assert "1 already done, 2 to do" in log[0]
+    assert shard_digests(partial) == shard_digests(out)
+    assert verify_output(Storage(str(partial), StorageConfig())).samples == 40
+
+
+def test_other_recipe_on_same_output_is_refused_unless_overwrite(corpus, labelled, tmp_path):
+    out = tmp_path / "o"
+    run_preprocess(recipe(corpus, out), log=lambda _: None)
+    with pytest.raises(OutputConflictError, match="--overwrite"):
+        run_preprocess(recipe(corpus, out, "image.resolution=48"), log=lambda _: None)
+    report = run_preprocess(recipe(corpus, out, "image.resolution=48", "overwrite=true"), log=lambda _: None)
+    assert report["samples_written"] == 40
+
+
+def run_job(*args: str, address: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.preprocess", "--address", address, *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_killed_driver_then_rerun_gives_same_shards(corpus, labelled, tmp_path, ray_cluster):
+    out, _ = labelled
+    target = tmp_path / "killed"
+    args = ("--input", str(corpus), "--output", str(target), "--set", "image.resolution=32")
+    job = run_job(*args, address=ray_cluster.address)
+    deadline = time.monotonic() + 120
+    while not list((target / "_units").glob("unit-*.json")) and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # no cleanup of any kind: as if the driver's machine died
+    job.wait()
+    rerun = run_job(*args, address=ray_cluster.address)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "preprocess done: 40/40 samples" in output
+    assert shard_digests(target) == shard_digests(out)
+
+
+def test_cli_refuses_bad_config_and_missing_input(tmp_path, ray_cluster):
+    bad = run_job("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "modalities=[depth]",
+                  address=ray_cluster.address)
+    output, _ = bad.communicate(timeout=120)
+    assert bad.returncode == 2 and "depth" in output and "not implemented" in output
+    missing = run_job("--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), address=ray_cluster.address)
+    output, _ = missing.communicate(timeout=120)
+    assert missing.returncode == 1 and "does not exist" in output
