@@ -159,3 +159,27 @@ def test_cli_refuses_bad_config_and_missing_input(tmp_path, ray_cluster):
     missing = run_job("--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), address=ray_cluster.address)
     output, _ = missing.communicate(timeout=120)
     assert missing.returncode == 1 and "does not exist" in output
+
+
+def test_killed_worker_node_then_rerun_gives_same_shards(corpus, labelled, tmp_path, ray_cluster):
+    """A worker node dies mid-run: Ray retries its tasks elsewhere or the job fails; either way, after at most one
+    rerun the output equals the uninterrupted run's."""
+    out, _ = labelled
+    target = tmp_path / "node-killed"
+    args = ("--input", str(corpus), "--output", str(target), "--set", "image.resolution=32")
+    job = run_job(*args, address=ray_cluster.address)
+    victim = ray_cluster.live_workers()[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not list((target / "_units").glob("unit-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ray_cluster.kill_node(victim)
+        output, _ = job.communicate(timeout=300)
+        if job.returncode != 0:
+            rerun = run_job(*args, address=ray_cluster.address)
+            output, _ = rerun.communicate(timeout=300)
+            assert rerun.returncode == 0, output
+    finally:
+        ray_cluster.add_worker()  # later tests get two workers again
+    assert shard_digests(target) == shard_digests(out)
+    assert verify_output(Storage(str(target), StorageConfig())).samples == 40

@@ -39,6 +39,8 @@ def unit_record_path(index: int) -> str:
 
 def write_unit(batch: Batch, *, storage: Storage, modalities: tuple[str, ...], unit_label: dict[int, str]) -> Batch:
     """Ray Data stage: write the unit in `batch` and return a one-row summary."""
+    if len(batch["unit"]) == 0:  # a unit with no members at all: the driver commits it empty at the end
+        return {"unit": np.array([], dtype=np.int64), "record": np.array([], dtype=object)}
     units = set(batch["unit"].tolist())
     if len(units) != 1 or len(batch["unit"]) != int(batch["unit_rows"][0]):
         # Should never happen (blocks are not split); if it does, writing would silently lose samples.
