@@ -24,7 +24,7 @@ from jobs.cli import REPO_ROOT
 from pipeline.data.preprocess import run_preprocess, split_labelers
 from pipeline.data.readers import list_units
 from pipeline.data.sample_corpus import write_corpus
-from pipeline.data.shard_writer import write_unit
+from pipeline.data.shard_writer import BASE_RUN, WritePlan, write_unit
 from pipeline.data.stages import decode_stage, read_stage
 from pipeline.data.storage import Storage
 from schemas.config import load_config
@@ -55,13 +55,14 @@ class CpuSampler:
 
 def single_process(config: PreprocessConfig) -> None:
     source, output = Storage(config.input, config.storage), Storage(config.output, config.storage)
-    fused, _ = split_labelers(config)
+    fused, _ = split_labelers(config, config.modalities)
+    plan = WritePlan(BASE_RUN, config.modalities)
     units = list_units(source, config.reader)
     labels = {u.index: u.label for u in units}
     for unit in units:
         batch = read_stage({"unit": [dataclasses.asdict(unit)]}, storage=source, config=config.reader)
         batch = decode_stage(batch, image=config.image, caption=config.caption, fused=fused)
-        write_unit(batch, storage=output, modalities=config.modalities, unit_label=labels)
+        write_unit(batch, storage=output, plan=plan, unit_label=labels)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import sys
 from cluster.connect import connect
 from jobs.cli import job_parser, load_job_config, run_job
 from pipeline.data.preprocess import OutputConflictError, run_preprocess
+from pipeline.data.shard_writer import AlignmentError
 from pipeline.data.readers import InputError
 from schemas.preprocess import PreprocessConfig
 
@@ -15,16 +16,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Read, pseudo-label and shard a raw multimodal corpus.", "configs/preprocess/default.yaml")
     parser.add_argument("--input", help="raw corpus: a directory or s3://bucket/prefix")
     parser.add_argument("--output", help="where shards, manifest and report go: a directory or s3://bucket/prefix")
+    parser.add_argument("--modalities", help="comma-separated modalities to produce; on an existing output, "
+                        "the ones it lacks are added as new folders aligned to its keys (e.g. --modalities depth)")
     parser.add_argument("--overwrite", action="store_true", help="redo every unit instead of resuming")
     args = parser.parse_args(argv)
     config = load_job_config(PreprocessConfig, args, {
         "input": args.input, "output": args.output, "overwrite": "true" if args.overwrite else None,
+        "modalities": f"[{args.modalities}]" if args.modalities else None,
         "ray.address": args.address,
     })
     connect(config.ray.address, num_cpus=config.ray.num_cpus)
     try:
         report = run_preprocess(config)
-    except (InputError, OutputConflictError, ValueError) as exc:
+    except (InputError, OutputConflictError, AlignmentError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(summary(report))

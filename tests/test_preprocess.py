@@ -183,3 +183,25 @@ def test_killed_worker_node_then_rerun_gives_same_shards(corpus, labelled, tmp_p
         ray_cluster.add_worker()  # later tests get two workers again
     assert shard_digests(target) == shard_digests(out)
     assert verify_output(Storage(str(target), StorageConfig())).samples == 40
+
+
+def test_adding_a_modality_writes_only_its_folder_aligned_to_existing_keys(corpus, tmp_path):
+    out = tmp_path / "grow"
+    run_preprocess(recipe(corpus, out, "modalities=[rgb, caption]"), log=lambda _: None)
+    before = shard_digests(out)
+    log: list[str] = []
+    report = run_preprocess(recipe(corpus, out, "modalities=[canny_edge, color_palette]"), log=log.append)
+    assert any("add-canny_edge+color_palette" in line and "3 to do" in line for line in log)
+    after = shard_digests(out)
+    assert {k: v for k, v in after.items() if k in before} == before, "existing shards untouched"
+    assert sorted({k.split("/")[0] for k in after} - {k.split("/")[0] for k in before}) == [
+        "canny_edge", "color_palette"]
+    assert verify_output(Storage(str(out), StorageConfig())).samples == 40  # all folders aligned, per the manifest
+    assert report["folders"][:4] == ["rgb", "caption", "canny_edge", "color_palette"]
+    # the grown output equals a one-shot run of all four, folder by folder
+    once = tmp_path / "once"
+    run_preprocess(recipe(corpus, once, "modalities=[rgb, caption, canny_edge, color_palette]"), log=lambda _: None)
+    assert shard_digests(once) == after
+    rerun: list[str] = []
+    run_preprocess(recipe(corpus, out, "modalities=[canny_edge]"), log=rerun.append)
+    assert all("0 to do" in line for line in rerun)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.data.readers import WorkUnit, list_units
-from pipeline.data.shard_writer import UNITS_DIR, commit_unit, unit_record_path, write_unit
+from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
 from schemas.preprocess import LabelerConfig, PreprocessConfig
@@ -37,7 +37,7 @@ from schemas.shards import (
     manifest_table,
 )
 
-FINGERPRINT_FILE = "_units/fingerprint.json"
+STATE_FILE = f"{UNITS_DIR}/state.json"
 
 
 class OutputConflictError(RuntimeError):
@@ -45,29 +45,44 @@ class OutputConflictError(RuntimeError):
 
 
 def fingerprint(config: PreprocessConfig, units: list[WorkUnit]) -> dict:
-    """What decides the output's bytes: the recipe (not where it runs or reads from) and the unit listing."""
-    recipe = config.model_dump(mode="json", exclude={"input", "output", "overwrite", "ray", "storage"})
+    """What decides the output's samples and bytes: the recipe (not where it runs, reads from, or which modalities
+    it labels: those may grow run by run) and the unit listing."""
+    recipe = config.model_dump(mode="json", exclude={"input", "output", "overwrite", "ray", "storage", "modalities"})
     units_digest = hashlib.sha256("\n".join(u.label for u in units).encode()).hexdigest()
     return {"recipe": recipe, "units": len(units), "units_sha256": units_digest}
 
 
-def _check_fingerprint(storage: Storage, expected: dict, overwrite: bool) -> None:
-    if overwrite:  # forget every unit; shards are rewritten in place and the manifest names only current ones
+def plan_runs(storage: Storage, config: PreprocessConfig, units: list[WorkUnit]) -> list[WritePlan]:
+    """The runs this output is made of, in order: the base run, then one per later addition of modalities.
+
+    A first call registers the base run with the requested modalities. A later call with modalities the output
+    lacks registers a run that adds only those. Every registered run is then (re)done unit by unit until complete,
+    so a crash in any run is resumed by rerunning the same command.
+    """
+    if config.overwrite:  # forget every unit; shards are rewritten in place and the manifest names only current ones
         storage.remove(UNITS_DIR)
-    if storage.exists(FINGERPRINT_FILE):
-        found = json.loads(storage.read_bytes(FINGERPRINT_FILE))
-        if found != expected:
-            raise OutputConflictError(
-                f"{storage.root} holds output of a different input or recipe; rerun with --overwrite to replace it"
-            )
-    else:
-        storage.write_atomic(FINGERPRINT_FILE, json.dumps(expected, sort_keys=True).encode())
+    expected = fingerprint(config, units)
+    state = json.loads(storage.read_bytes(STATE_FILE)) if storage.exists(STATE_FILE) else {**expected, "runs": []}
+    if {k: state[k] for k in expected} != expected:
+        raise OutputConflictError(
+            f"{storage.root} holds output of a different input or recipe; rerun with --overwrite to replace it"
+        )
+    runs = [WritePlan(r["run"], tuple(r["modalities"])) for r in state["runs"]]
+    have = {m for run in runs for m in run.modalities}
+    new = tuple(m for m in config.modalities if m not in have)
+    if new:
+        runs.append(WritePlan(BASE_RUN if not runs else "add-" + "+".join(new), new))
+        state["runs"] = [{"run": r.run, "modalities": list(r.modalities)} for r in runs]
+        storage.write_atomic(STATE_FILE, json.dumps(state, sort_keys=True).encode())
+    return runs
 
 
-def split_labelers(config: PreprocessConfig) -> tuple[dict[str, LabelerConfig], dict[str, LabelerConfig]]:
+def split_labelers(
+    config: PreprocessConfig, modalities: tuple[str, ...]
+) -> tuple[dict[str, LabelerConfig], dict[str, LabelerConfig]]:
     """(fused, pooled): labelers with no concurrency run inside decode tasks, the rest get actor pools."""
     fused, pooled = {}, {}
-    for modality in config.modalities:
+    for modality in modalities:
         labeler_config = config.labelers.get(modality, LabelerConfig())
         (pooled if labeler_config.concurrency is not None else fused)[modality] = labeler_config
     return fused, pooled
@@ -86,13 +101,15 @@ def chain(*stages: Callable[[Batch], Batch]) -> Callable[[Batch], Batch]:
     return run
 
 
-def build_dataset(config: PreprocessConfig, source: Storage, output: Storage, units: list[WorkUnit]) -> ray.data.Dataset:
+def build_dataset(
+    config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit]
+) -> ray.data.Dataset:
     # Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
     ray.data.DataContext.get_current().target_max_block_size = None
-    fused, pooled = split_labelers(config)
+    fused, pooled = split_labelers(config, plan.modalities)
     read = partial(read_stage, storage=source, config=config.reader)
     decode = partial(decode_stage, image=config.image, caption=config.caption, fused=fused)
-    write = partial(write_unit, storage=output, modalities=config.modalities,
+    write = partial(write_unit, storage=output, plan=plan,
                     unit_label={u.index: u.label for u in units})
     items = [{"unit": dataclasses.asdict(u)} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -109,58 +126,71 @@ def build_dataset(config: PreprocessConfig, source: Storage, output: Storage, un
 
 
 def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the job described by `config`; returns the report it also writes."""
+    """Run (or resume, or extend with new modalities) the job described by `config`; returns its report."""
     if not config.input or not config.output:
         raise ValueError("preprocess needs an input and an output (--input/--output or input:/output: in the config)")
     started = time.perf_counter()
     source, output = Storage(config.input, config.storage), Storage(config.output, config.storage)
     units = list_units(source, config.reader)
-    _check_fingerprint(output, fingerprint(config, units), config.overwrite)
-    done = {int(p.rsplit("-", 1)[1].split(".")[0]) for p in output.list(UNITS_DIR) if "/unit-" in p}
-    pending = [u for u in units if u.index not in done]
-    log(f"preprocess: {len(units)} units in {source.root}; {len(done)} already done, {len(pending)} to do")
-    if pending:
-        ds = build_dataset(config, source, output, pending)
-        for count, row in enumerate(ds.iter_rows(), start=1):
-            record = json.loads(row["record"])
-            log(f"  unit {record['unit']:>6} done ({count}/{len(pending)}): {record['samples_written']} written, "
-                f"{len(record['quarantine'])} quarantined")
-            done.add(record["unit"])
+    runs = plan_runs(output, config, units)
+    processed: set[int] = set()
+    for plan in runs:
+        processed |= run_units(config, plan, source, output, units, log)
+    if not processed and output.exists(REPORT_FILE):  # a finished job: rerunning it changes nothing
+        return json.loads(output.read_bytes(REPORT_FILE))
+    return finalize(output, config, runs, units, time.perf_counter() - started, processed)
+
+
+def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit],
+              log: Callable[[str], None]) -> set[int]:
+    """Do the units of one run that have no record yet; return their indices."""
+    pending = [u for u in units if not output.exists(plan.record_path(u.index))]
+    what = ", ".join(plan.modalities)
+    log(f"preprocess [{plan.run}: {what}]: {len(units)} units in {source.root}; "
+        f"{len(units) - len(pending)} already done, {len(pending)} to do")
+    if not pending:
+        return set()
+    done = set()
+    for count, row in enumerate(build_dataset(config, plan, source, output, pending).iter_rows(), start=1):
+        record = json.loads(row["record"])
+        log(f"  unit {record['unit']:>6} done ({count}/{len(pending)}): {record['samples_written']} written, "
+            f"{len(record['quarantine'])} quarantined")
+        done.add(record["unit"])
     # A unit with no readable members produces no rows and so never reaches the writer: commit it empty here,
     # so every shard number exists in every folder.
-    for unit in units:
+    for unit in pending:
         if unit.index not in done:
             empty = {k: [] for k in ("key", "source_uri", "stage", "reason", "detail", "crop")}
-            commit_unit(output, unit.index, unit.label, empty, config.modalities)
-    if not pending and output.exists(REPORT_FILE):  # a finished job: rerunning it changes nothing
-        return json.loads(output.read_bytes(REPORT_FILE))
-    return finalize(output, config, units, time.perf_counter() - started, {u.index for u in pending})
+            commit_unit(output, unit.index, unit.label, empty, plan)
+    return {u.index for u in pending}
 
 
-def finalize(output: Storage, config: PreprocessConfig, units: list[WorkUnit], seconds: float, processed: set[int]) -> dict:
-    """Merge unit records into the manifest, the quarantine table and the report."""
-    records = [json.loads(output.read_bytes(unit_record_path(u.index))) for u in units]
-    rows = [ManifestRow(**{**m, "source_units": tuple(m["source_units"])}) for r in records for m in r["manifest"]]
+def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], units: list[WorkUnit],
+             seconds: float, processed: set[int]) -> dict:
+    """Merge every run's unit records into the manifest, the quarantine table and the report."""
+    records = {plan.run: [json.loads(output.read_bytes(plan.record_path(u.index))) for u in units] for plan in runs}
+    base = records[BASE_RUN]
+    rows = [ManifestRow(**{**m, "source_units": tuple(m["source_units"])})
+            for run in records.values() for r in run for m in r["manifest"]]
     _write_parquet(output, MANIFEST_FILE, manifest_table(rows))
-    quarantine = [q for r in records for q in r["quarantine"]]
+    quarantine = [q for r in base for q in r["quarantine"]]  # only the base run decides which samples exist
     _write_parquet(output, f"{QUARANTINE_DIR}/quarantine.parquet",
                    pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
-    samples_in = sum(r["samples_in"] for r in records)
-    written = sum(r["samples_written"] for r in records)
-    processed_samples = sum(r["samples_in"] for r in records if r["unit"] in processed)
+    processed_samples = sum(r["samples_in"] for r in base if r["unit"] in processed)
     report = {
         "input": config.input,
         "output": config.output,
         "units": len(units),
         "shards_per_folder": len(units),
-        "folders": [*config.modalities, *AUX_FOLDERS],
-        "samples_in": samples_in,
-        "samples_written": written,
+        "folders": [*(m for plan in runs for m in plan.modalities), *AUX_FOLDERS],
+        "runs": [{"run": plan.run, "modalities": list(plan.modalities)} for plan in runs],
+        "samples_in": sum(r["samples_in"] for r in base),
+        "samples_written": sum(r["samples_written"] for r in base),
         "samples_quarantined": len(quarantine),
         "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
         "bytes_per_folder": _bytes_per_folder(rows),
         "seconds": round(seconds, 3),
-        "samples_per_second_this_run": round(processed_samples / seconds, 2) if processed else None,
+        "samples_per_second_this_run": round(processed_samples / seconds, 2) if processed_samples else None,
     }
     output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())
     return report

@@ -9,8 +9,10 @@ writes the same bytes again.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from dataclasses import asdict
+import tarfile
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -31,13 +33,37 @@ from schemas.shards import (
 )
 
 UNITS_DIR = "_units"
+BASE_RUN = "base"
 
 
-def unit_record_path(index: int) -> str:
-    return f"{UNITS_DIR}/unit-{index:06d}.json"
+class AlignmentError(RuntimeError):
+    """An added modality would not hold exactly the keys the output already has: writing it would misalign shards."""
 
 
-def write_unit(batch: Batch, *, storage: Storage, modalities: tuple[str, ...], unit_label: dict[int, str]) -> Batch:
+@dataclass(frozen=True)
+class WritePlan:
+    """What one run writes. The base run writes every requested modality plus the aux folders and decides which
+    samples exist; a later run that adds modalities writes only their folders, for exactly those samples."""
+
+    run: str  # BASE_RUN or "add-<modalities>"
+    modalities: tuple[str, ...]
+
+    @property
+    def is_base(self) -> bool:
+        return self.run == BASE_RUN
+
+    def record_path(self, index: int) -> str:
+        folder = UNITS_DIR if self.is_base else f"{UNITS_DIR}/{self.run}"
+        return f"{folder}/unit-{index:06d}.json"
+
+
+def existing_keys(storage: Storage, index: int) -> list[str]:
+    """Keys of shard `index` as the base run wrote them (from its small `source` tar)."""
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(shard_relpath(SOURCE_FOLDER, index)))) as tar:
+        return [name.split(".", 1)[0] for name in tar.getnames()]
+
+
+def write_unit(batch: Batch, *, storage: Storage, plan: WritePlan, unit_label: dict[int, str]) -> Batch:
     """Ray Data stage: write the unit in `batch` and return a one-row summary."""
     if len(batch["unit"]) == 0:  # a unit with no members at all: the driver commits it empty at the end
         return {"unit": np.array([], dtype=np.int64), "record": np.array([], dtype=object)}
@@ -46,21 +72,24 @@ def write_unit(batch: Batch, *, storage: Storage, modalities: tuple[str, ...], u
         # Should never happen (blocks are not split); if it does, writing would silently lose samples.
         raise RuntimeError(f"writer got a partial or mixed unit: units {sorted(units)}, {len(batch['unit'])} rows")
     (index,) = units
-    record = commit_unit(storage, index, unit_label[index], batch, modalities)
+    record = commit_unit(storage, index, unit_label[index], batch, plan)
     return {"unit": np.array([index]), "record": np.array([json.dumps(record)], dtype=object)}
 
 
-def commit_unit(storage: Storage, index: int, label: str, batch: Batch, modalities: tuple[str, ...]) -> dict:
+def commit_unit(storage: Storage, index: int, label: str, batch: Batch, plan: WritePlan) -> dict:
     good = np.flatnonzero(ok_mask(batch)) if len(batch["key"]) else np.array([], dtype=int)
     keys = [batch["key"][i] for i in good]
+    if not plan.is_base:
+        _check_aligned(storage, index, keys, batch)
     folders: dict[str, tuple[str | None, str, list[bytes]]] = {}
-    for modality in modalities:
+    for modality in plan.modalities:
         payloads = [batch[payload_column(modality)][i] for i in good]
         folders[modality] = (modality, get_modality(modality).ext, payloads)
-    folders[CROP_SETTINGS_FOLDER] = (None, "npy", [encode_npy(batch["crop"][i][None, :]) for i in good])
-    folders[SOURCE_FOLDER] = (None, "json", [
-        encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i]}) for i in good
-    ])
+    if plan.is_base:
+        folders[CROP_SETTINGS_FOLDER] = (None, "npy", [encode_npy(batch["crop"][i][None, :]) for i in good])
+        folders[SOURCE_FOLDER] = (None, "json", [
+            encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i]}) for i in good
+        ])
     manifest = []
     for folder, (modality, ext, payloads) in folders.items():
         payload = tar_bytes((member_name(k, ext), p) for k, p in zip(keys, payloads))
@@ -70,7 +99,7 @@ def commit_unit(storage: Storage, index: int, label: str, batch: Batch, modaliti
             folder=folder, modality=modality, shard=index, uri=relpath, samples=len(keys), bytes=len(payload),
             sha256=hashlib.sha256(payload).hexdigest(), source_units=(label,),
         ))
-    quarantined = [
+    quarantined = [] if not plan.is_base else [
         QuarantineRecord(batch["source_uri"][i], batch["key"][i], Stage(batch["stage"][i]), Reason(batch["reason"][i]),
                          batch["detail"][i])
         for i in range(len(batch["key"])) if batch["reason"][i] != ""
@@ -83,5 +112,17 @@ def commit_unit(storage: Storage, index: int, label: str, batch: Batch, modaliti
         "manifest": [{**asdict(row), "source_units": list(row.source_units)} for row in manifest],
         "quarantine": [q.as_row() for q in quarantined],
     }
-    storage.write_atomic(unit_record_path(index), json.dumps(record, sort_keys=True).encode())
+    storage.write_atomic(plan.record_path(index), json.dumps(record, sort_keys=True).encode())
     return record
+
+
+def _check_aligned(storage: Storage, index: int, keys: list[str], batch: Batch) -> None:
+    expected = existing_keys(storage, index)
+    if keys == expected:
+        return
+    failed = [f"{batch['key'][i]} ({batch['reason'][i]}: {batch['detail'][i]})"
+              for i in range(len(batch["key"])) if batch["reason"][i] != "" and batch["key"][i] in set(expected)]
+    raise AlignmentError(
+        f"shard {index}: the added modalities cover {len(keys)} of the {len(expected)} existing samples"
+        + (f"; failed: {'; '.join(failed[:5])}" if failed else "; the input changed since the first run")
+    )
