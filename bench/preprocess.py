@@ -1,6 +1,6 @@
 """Preprocess throughput: the Ray Data pipeline versus the same stage functions in one plain process, in one run.
 
-    python bench/preprocess.py [--samples 1024] [--resolution 224] [--cpus 2]
+    python bench/preprocess.py [--samples 8192] [--samples-per-unit 256] [--resolution 224] [--cpus 2]
 
 Both paths run exactly the same per-unit functions (read_stage -> decode_stage -> write_unit); the baseline calls
 them in a loop, the pipeline runs them through Ray Data. Prints a table and appends nothing: copy it into
@@ -67,8 +67,8 @@ def single_process(config: PreprocessConfig) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--samples-per-unit", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=8192)
+    parser.add_argument("--samples-per-unit", type=int, default=256)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--cpus", type=int, default=psutil.cpu_count())
     args = parser.parse_args()
