@@ -18,11 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="where shards, manifest and report go: a directory or s3://bucket/prefix")
     parser.add_argument("--modalities", help="comma-separated modalities to produce; on an existing output, "
                         "the ones it lacks are added as new folders aligned to its keys (e.g. --modalities depth)")
+    parser.add_argument("--stages", help="comma-separated: label (raw -> label shards), tokenize (label shards -> "
+                        "token shards, with tokenizers: {modality: dir} in the config)")
     parser.add_argument("--overwrite", action="store_true", help="redo every unit instead of resuming")
     args = parser.parse_args(argv)
     config = load_job_config(PreprocessConfig, args, {
         "input": args.input, "output": args.output, "overwrite": "true" if args.overwrite else None,
         "modalities": f"[{args.modalities}]" if args.modalities else None,
+        "stages": f"[{args.stages}]" if args.stages else None,
         "ray.address": args.address,
     })
     connect(config.ray.address, num_cpus=config.ray.num_cpus)

@@ -65,8 +65,11 @@ class RayConfig(ConfigModel):
 class PreprocessConfig(ConfigModel):
     input: str | None = None
     output: str | None = None
-    stages: tuple[Literal["label"], ...] = ("label",)
+    # label: raw corpus -> label shards; tokenize: label shards -> token shards (tok_<modality>/) beside them.
+    stages: tuple[Literal["label", "tokenize"], ...] = ("label",)
     modalities: tuple[str, ...] = ("rgb", "caption", "canny_edge", "color_palette", "metadata")
+    # modality -> trained tokenizer directory (local or s3://) for the tokenize stage
+    tokenizers: dict[str, str] = Field(default_factory=dict)
     overwrite: bool = False
     reader: ReaderConfig = ReaderConfig()
     image: ImageConfig = ImageConfig()
@@ -85,3 +88,19 @@ class PreprocessConfig(ConfigModel):
         if len(set(canonical)) != len(canonical):
             raise ValueError(f"modality listed twice: {list(names)}")
         return canonical
+
+    @pydantic.field_validator("tokenizers")
+    @classmethod
+    def _tokenizer_modalities(cls, tokenizers: dict[str, str]) -> dict[str, str]:
+        try:
+            return {require_implemented(name).name: uri for name, uri in tokenizers.items()}
+        except (KeyError, NotImplementedError) as exc:
+            raise ValueError(str(exc)) from None
+
+    @pydantic.model_validator(mode="after")
+    def _stages_have_what_they_need(self) -> "PreprocessConfig":
+        if "tokenize" in self.stages and not self.tokenizers:
+            raise ValueError("the tokenize stage needs tokenizers: {modality: tokenizer dir}")
+        if "label" in self.stages and self.input is None and self.output is not None:
+            raise ValueError("the label stage needs an input (--input)")
+        return self

@@ -205,3 +205,39 @@ def test_adding_a_modality_writes_only_its_folder_aligned_to_existing_keys(corpu
     rerun: list[str] = []
     run_preprocess(recipe(corpus, out, "modalities=[canny_edge]"), log=rerun.append)
     assert all("0 to do" in line for line in rerun)
+
+
+def test_tokenize_stage_writes_aligned_token_shards_that_decode_back(labelled, tmp_path, ray_cluster):
+    import shutil
+
+    import numpy as np
+
+    from pipeline.tokenizers import decode_records, load_tokenizer, train_wordpiece
+
+    out, _ = labelled
+    root = tmp_path / "tok"
+    shutil.copytree(out, root)
+    captions = [m["txt"].decode() for p in sorted((root / "caption").glob("*.tar"))
+                for _, m in iterate_shard(p.read_bytes())]
+    tokenizer_dir = train_wordpiece(captions, vocab_size=4700).save(tmp_path / "wordpiece")
+    tokenizers = ",".join(f"{m}: {tokenizer_dir}" for m in ("caption", "color_palette", "metadata"))
+    job = run_job("--output", str(root), "--stages", "tokenize", "--set", f"tokenizers={{{tokenizers}}}",
+                  address=ray_cluster.address)
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, output
+
+    summary = verify_output(Storage(str(root), StorageConfig()))  # every folder, tok_* included, holds the same keys
+    assert {"tok_caption", "tok_color_palette", "tok_metadata"} <= set(summary.folders)
+    report = json.loads((root / "report.json").read_text())
+    tokenizer = load_tokenizer(tokenizer_dir)
+    assert report["tokens"]["tok_caption"]["tokenizer_hash"] == tokenizer.content_hash
+    assert 0 < report["tokens"]["tok_metadata"]["longest"] <= 40
+    rows = [(k, np.load(__import__("io").BytesIO(m["npy"]))) for k, m in
+            iterate_shard((root / "tok_caption" / "shard-000000.tar").read_bytes())]
+    assert all(r.ndim == 2 and r.shape[0] == 1 and r.dtype == np.int16 for _, r in rows)
+    texts = decode_records("caption", np.stack([np.pad(r[0], (0, 256 - r.shape[1])) for _, r in rows]), tokenizer)
+    assert texts[0] == captions[0].lower()
+    rerun = run_job("--output", str(root), "--stages", "tokenize", "--set", f"tokenizers={{{tokenizers}}}",
+                    address=ray_cluster.address)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and "0 to do" in output

@@ -26,6 +26,7 @@ from pipeline.data.readers import WorkUnit, list_units
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
+from pipeline.data.tokenize import tokenize_shard
 from schemas.preprocess import LabelerConfig, PreprocessConfig
 from schemas.shards import (
     AUX_FOLDERS,
@@ -45,34 +46,50 @@ class OutputConflictError(RuntimeError):
 
 
 def fingerprint(config: PreprocessConfig, units: list[WorkUnit]) -> dict:
-    """What decides the output's samples and bytes: the recipe (not where it runs, reads from, or which modalities
-    it labels: those may grow run by run) and the unit listing."""
-    recipe = config.model_dump(mode="json", exclude={"input", "output", "overwrite", "ray", "storage", "modalities"})
+    """What decides which samples the output holds and how they are cut: the recipe and the unit listing. Not where
+    it runs or reads from, nor which modalities or token folders it has: those may grow run by run."""
+    recipe = config.model_dump(mode="json", exclude={"input", "output", "overwrite", "ray", "storage", "modalities",
+                                                     "stages", "tokenizers", "labelers"})
     units_digest = hashlib.sha256("\n".join(u.label for u in units).encode()).hexdigest()
     return {"recipe": recipe, "units": len(units), "units_sha256": units_digest}
 
 
-def plan_runs(storage: Storage, config: PreprocessConfig, units: list[WorkUnit]) -> list[WritePlan]:
-    """The runs this output is made of, in order: the base run, then one per later addition of modalities.
+def plan_runs(storage: Storage, config: PreprocessConfig, units: list[WorkUnit] | None) -> list[WritePlan]:
+    """The runs this output is made of, in order: the base label run, runs that add label modalities, and runs
+    that tokenize label folders.
 
-    A first call registers the base run with the requested modalities. A later call with modalities the output
-    lacks registers a run that adds only those. Every registered run is then (re)done unit by unit until complete,
-    so a crash in any run is resumed by rerunning the same command.
+    A first call registers the base run with the requested modalities. A later call asking for label modalities
+    (stage label) or token folders (stage tokenize) the output lacks registers a run that writes only those.
+    Every registered run is then (re)done unit by unit until complete, so a crash in any run is resumed by
+    rerunning the same command. `units` is None when only tokenizing (the input is not needed then).
     """
     if config.overwrite:  # forget every unit; shards are rewritten in place and the manifest names only current ones
         storage.remove(UNITS_DIR)
-    expected = fingerprint(config, units)
-    state = json.loads(storage.read_bytes(STATE_FILE)) if storage.exists(STATE_FILE) else {**expected, "runs": []}
-    if {k: state[k] for k in expected} != expected:
-        raise OutputConflictError(
-            f"{storage.root} holds output of a different input or recipe; rerun with --overwrite to replace it"
-        )
-    runs = [WritePlan(r["run"], tuple(r["modalities"])) for r in state["runs"]]
-    have = {m for run in runs for m in run.modalities}
-    new = tuple(m for m in config.modalities if m not in have)
-    if new:
+    if storage.exists(STATE_FILE):
+        state = json.loads(storage.read_bytes(STATE_FILE))
+    elif units is None:
+        raise OutputConflictError(f"{storage.root} holds no labelled output to tokenize; run the label stage first")
+    else:
+        state = {**fingerprint(config, units), "runs": []}
+    if units is not None:
+        expected = fingerprint(config, units)
+        if {k: state[k] for k in expected} != expected:
+            raise OutputConflictError(
+                f"{storage.root} holds output of a different input or recipe; rerun with --overwrite to replace it"
+            )
+    runs = [WritePlan(r["run"], tuple(r["modalities"]), r.get("kind", "label")) for r in state["runs"]]
+    labelled = {m for run in runs if run.kind == "label" for m in run.modalities}
+    tokenized = {m for run in runs if run.kind == "tokenize" for m in run.modalities}
+    if "label" in config.stages and (new := tuple(m for m in config.modalities if m not in labelled)):
         runs.append(WritePlan(BASE_RUN if not runs else "add-" + "+".join(new), new))
-        state["runs"] = [{"run": r.run, "modalities": list(r.modalities)} for r in runs]
+        labelled |= set(new)
+    if "tokenize" in config.stages and (new := tuple(m for m in config.tokenizers if m not in tokenized)):
+        missing = sorted(set(new) - labelled)
+        if missing:
+            raise OutputConflictError(f"cannot tokenize {missing}: {storage.root} has no label folders for them")
+        runs.append(WritePlan("tokenize-" + "+".join(new), new, "tokenize"))
+    if [r.run for r in runs] != [r["run"] for r in state["runs"]]:
+        state["runs"] = [{"run": r.run, "modalities": list(r.modalities), "kind": r.kind} for r in runs]
         storage.write_atomic(STATE_FILE, json.dumps(state, sort_keys=True).encode())
     return runs
 
@@ -126,36 +143,44 @@ def build_dataset(
 
 
 def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume, or extend with new modalities) the job described by `config`; returns its report."""
-    if not config.input or not config.output:
-        raise ValueError("preprocess needs an input and an output (--input/--output or input:/output: in the config)")
+    """Run (or resume, or extend with new modalities or token folders) the job in `config`; returns its report."""
+    if not config.output:
+        raise ValueError("preprocess needs an output (--output or output: in the config)")
     started = time.perf_counter()
-    source, output = Storage(config.input, config.storage), Storage(config.output, config.storage)
-    units = list_units(source, config.reader)
+    output = Storage(config.output, config.storage)
+    source = Storage(config.input, config.storage) if config.input else None
+    units = list_units(source, config.reader) if source is not None else None
     runs = plan_runs(output, config, units)
+    shards = len(units) if units is not None else json.loads(output.read_bytes(STATE_FILE))["units"]
     processed: set[int] = set()
     for plan in runs:
-        processed |= run_units(config, plan, source, output, units, log)
-    if not processed and output.exists(REPORT_FILE):  # a finished job: rerunning it changes nothing
-        return json.loads(output.read_bytes(REPORT_FILE))
-    return finalize(output, config, runs, units, time.perf_counter() - started, processed)
+        if plan.kind == "tokenize":
+            run_tokenize(config, plan, output, shards, log)
+        elif source is None or units is None:
+            if not all(output.exists(plan.record_path(i)) for i in range(shards)):
+                raise ValueError(f"run {plan.run} is unfinished and needs the raw input (--input) to label")
+        else:
+            processed |= run_units(config, plan, source, output, units, log)
+    if not processed and output.exists(REPORT_FILE) and _report_covers(output, runs):
+        return json.loads(output.read_bytes(REPORT_FILE))  # a finished job: rerunning it changes nothing
+    return finalize(output, config, runs, shards, time.perf_counter() - started, processed)
+
+
+def _report_covers(output: Storage, runs: list[WritePlan]) -> bool:
+    report = json.loads(output.read_bytes(REPORT_FILE))
+    return [r["run"] for r in report.get("runs", [])] == [plan.run for plan in runs]
 
 
 def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit],
               log: Callable[[str], None]) -> set[int]:
-    """Do the units of one run that have no record yet; return their indices."""
+    """Do the units of one label run that have no record yet; return their indices."""
     pending = [u for u in units if not output.exists(plan.record_path(u.index))]
-    what = ", ".join(plan.modalities)
-    log(f"preprocess [{plan.run}: {what}]: {len(units)} units in {source.root}; "
-        f"{len(units) - len(pending)} already done, {len(pending)} to do")
+    _log_plan(log, plan, len(units), len(pending), source.root)
     if not pending:
         return set()
     done = set()
     for count, row in enumerate(build_dataset(config, plan, source, output, pending).iter_rows(), start=1):
-        record = json.loads(row["record"])
-        log(f"  unit {record['unit']:>6} done ({count}/{len(pending)}): {record['samples_written']} written, "
-            f"{len(record['quarantine'])} quarantined")
-        done.add(record["unit"])
+        done.add(_log_unit(log, row, count, len(pending)))
     # A unit with no readable members produces no rows and so never reaches the writer: commit it empty here,
     # so every shard number exists in every folder.
     for unit in pending:
@@ -165,10 +190,36 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
     return {u.index for u in pending}
 
 
-def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], units: list[WorkUnit],
+def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, shards: int,
+                 log: Callable[[str], None]) -> None:
+    """Tokenize every shard of the plan's label folders that has no record yet, one Ray task per shard."""
+    pending = [i for i in range(shards) if not output.exists(plan.record_path(i))]
+    _log_plan(log, plan, shards, len(pending), output.root)
+    if not pending:
+        return
+    stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizers,
+                    storage_config=config.storage)
+    ds = ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
+    for count, row in enumerate(ds.map_batches(stage, batch_size=1).iter_rows(), start=1):
+        _log_unit(log, row, count, len(pending))
+
+
+def _log_plan(log: Callable[[str], None], plan: WritePlan, total: int, pending: int, root: str) -> None:
+    log(f"preprocess [{plan.run}: {', '.join(plan.folders)}]: {total} units from {root}; "
+        f"{total - pending} already done, {pending} to do")
+
+
+def _log_unit(log: Callable[[str], None], row: dict, count: int, total: int) -> int:
+    record = json.loads(row["record"])
+    log(f"  unit {record['unit']:>6} done ({count}/{total}): {record['samples_written']} written, "
+        f"{len(record['quarantine'])} quarantined")
+    return record["unit"]
+
+
+def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], shards: int,
              seconds: float, processed: set[int]) -> dict:
     """Merge every run's unit records into the manifest, the quarantine table and the report."""
-    records = {plan.run: [json.loads(output.read_bytes(plan.record_path(u.index))) for u in units] for plan in runs}
+    records = {plan.run: [json.loads(output.read_bytes(plan.record_path(i))) for i in range(shards)] for plan in runs}
     base = records[BASE_RUN]
     rows = [ManifestRow(**{**m, "source_units": tuple(m["source_units"])})
             for run in records.values() for r in run for m in r["manifest"]]
@@ -180,20 +231,37 @@ def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], u
     report = {
         "input": config.input,
         "output": config.output,
-        "units": len(units),
-        "shards_per_folder": len(units),
-        "folders": [*(m for plan in runs for m in plan.modalities), *AUX_FOLDERS],
-        "runs": [{"run": plan.run, "modalities": list(plan.modalities)} for plan in runs],
+        "units": shards,
+        "shards_per_folder": shards,
+        "folders": [*(f for plan in runs for f in plan.folders), *AUX_FOLDERS],
+        "runs": [{"run": plan.run, "kind": plan.kind, "modalities": list(plan.modalities)} for plan in runs],
         "samples_in": sum(r["samples_in"] for r in base),
         "samples_written": sum(r["samples_written"] for r in base),
         "samples_quarantined": len(quarantine),
         "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
         "bytes_per_folder": _bytes_per_folder(rows),
+        "tokens": _token_stats(rows, [r for plan in runs if plan.kind == "tokenize" for r in records[plan.run]]),
         "seconds": round(seconds, 3),
         "samples_per_second_this_run": round(processed_samples / seconds, 2) if processed_samples else None,
     }
     output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())
     return report
+
+
+def _token_stats(rows: list[ManifestRow], token_records: list[dict]) -> dict[str, dict]:
+    """Per token folder: tokens, samples, mean and longest row, and the tokenizer that made them."""
+    stats: dict[str, dict] = {}
+    for row in rows:
+        if row.token_count is None:
+            continue
+        entry = stats.setdefault(row.folder, {"tokens": 0, "samples": 0, "tokenizer_id": row.tokenizer_id,
+                                              "tokenizer_hash": row.tokenizer_hash})
+        entry["tokens"] += row.token_count
+        entry["samples"] += row.samples
+    for folder, entry in stats.items():
+        entry["mean_per_sample"] = round(entry["tokens"] / entry["samples"], 2) if entry["samples"] else 0.0
+        entry["longest"] = max((r["longest_row"].get(folder, 0) for r in token_records), default=0)
+    return dict(sorted(stats.items()))
 
 
 def _bytes_per_folder(rows: list[ManifestRow]) -> dict[str, int]:

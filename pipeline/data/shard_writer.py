@@ -30,6 +30,7 @@ from schemas.shards import (
     Stage,
     member_name,
     shard_relpath,
+    token_folder,
 )
 
 UNITS_DIR = "_units"
@@ -45,12 +46,17 @@ class WritePlan:
     """What one run writes. The base run writes every requested modality plus the aux folders and decides which
     samples exist; a later run that adds modalities writes only their folders, for exactly those samples."""
 
-    run: str  # BASE_RUN or "add-<modalities>"
+    run: str  # BASE_RUN, "add-<modalities>" or "tokenize-<modalities>"
     modalities: tuple[str, ...]
+    kind: str = "label"  # label: raw samples -> label folders; tokenize: label folders -> tok_<modality> folders
 
     @property
     def is_base(self) -> bool:
         return self.run == BASE_RUN
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return tuple(token_folder(m) for m in self.modalities) if self.kind == "tokenize" else self.modalities
 
     def record_path(self, index: int) -> str:
         folder = UNITS_DIR if self.is_base else f"{UNITS_DIR}/{self.run}"
