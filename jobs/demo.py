@@ -1,7 +1,8 @@
 """python -m jobs.demo --out DIR: the whole system on the embedded sample corpus, on a local Ray instance.
 
-Today: generate the corpus, preprocess it into label shards, read the shards back through the webdataset library,
-check them, and print a summary (plus a preview PNG). Each later stage (tokenize, pretrain, evaluate) joins here.
+Today: generate the corpus, preprocess it into label shards, train the shared WordPiece vocabulary on its captions
+and tokenize the text-like modalities, read everything back through the webdataset library, check it, and print a
+summary (plus a preview PNG). Each later stage (image tokenizers, pretrain, evaluate) joins here.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import time
 from cluster.connect import connect
 from jobs.cli import REPO_ROOT, run_job
 from jobs.preprocess import summary as preprocess_summary
-from pipeline.data.inspect import verify_output
+from pipeline.data.inspect import iter_members, verify_output
 from pipeline.data.preprocess import run_preprocess
 from pipeline.data.preview import write_preview
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
+from pipeline.tokenizers import train_wordpiece
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
 from schemas.preprocess import PreprocessConfig
+
+
+TEXT_VOCAB = 4_700  # the sample corpus's captions run out of new pieces just above 4,650
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     started = time.perf_counter()
 
-    step("1/3 sample corpus")
+    step("1/4 sample corpus")
     corpus = SampleCorpusConfig(out=f"{out}/corpus", samples=args.samples, seed=0, image_size=128,
                                 samples_per_shard=64, workers=1)
     description = write_corpus(corpus)
     print(f"{args.samples} samples ({description['counts']}) in {len(description['shards'])} tars at {corpus.out}")
 
-    step("2/3 preprocess on Ray")
+    step("2/4 preprocess on Ray: label")
     ray_info = connect(args.address)
     print(f"Ray ({ray_info['mode']}) at {ray_info['address']}: {ray_info['nodes']} node(s), "
           f"{ray_info['resources'].get('CPU', 0):.0f} CPU, {ray_info['resources'].get('GPU', 0):.0f} GPU")
@@ -48,13 +53,27 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(preprocess_summary(run_preprocess(config)))
 
-    step("3/3 read the shards back")
+    step("3/4 tokenize text-like modalities")
     storage = Storage(config.output, config.storage)
+    captions = [payload.decode("utf-8") for _, payload in iter_members(storage, "caption")]
+    tokenizer = train_wordpiece(captions, vocab_size=TEXT_VOCAB)
+    tokenizer_dir = tokenizer.save(f"{out}/tokenizers/wordpiece")
+    print(f"trained {tokenizer.tokenizer_id} ({tokenizer.vocab_size} ids, hash {tokenizer.content_hash[:12]}) "
+          f"on {len(captions)} captions -> {tokenizer_dir}")
+    text_modalities = [m for m in ("caption", "color_palette", "metadata") if m in config.modalities]
+    tokenize = config.model_copy(update={"stages": ("tokenize",), "tokenizers": {m: str(tokenizer_dir)
+                                                                                 for m in text_modalities}})
+    report = run_preprocess(tokenize)
+    for folder, stats in report["tokens"].items():
+        print(f"  {folder:<18} {stats['tokens']:>7} tokens, {stats['mean_per_sample']:>6} per sample, "
+              f"longest {stats['longest']}")
+
+    step("4/4 read the shards back")
     checked = verify_output(storage)
     print(f"{checked.samples} samples in {checked.shards} shards; every folder holds the same keys in the same order")
-    print(f"{'folder':<16}{'shards':>8}{'samples':>10}{'MB':>8}")
+    print(f"{'folder':<20}{'shards':>8}{'samples':>10}{'MB':>8}")
     for folder, stats in checked.folders.items():
-        print(f"{folder:<16}{stats['shards']:>8}{stats['samples']:>10}{stats['bytes'] / 1e6:>8.2f}")
+        print(f"{folder:<20}{stats['shards']:>8}{stats['samples']:>10}{stats['bytes'] / 1e6:>8.2f}")
     for folder in ("caption", "color_palette", "metadata"):
         if folder in checked.first_sample:
             print(f"  first {folder}: {checked.first_sample[folder].decode()[:110]}")

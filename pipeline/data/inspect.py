@@ -80,3 +80,10 @@ def verify_output(storage: Storage) -> OutputSummary:
                 raise OutputCorruptError(f"shard {shard}: folder {folder} holds other keys than {folders[0]}")
         summary.samples += len(reference)
     return summary
+
+
+def iter_members(storage: Storage, folder: str):
+    """(key, payload) of every sample of one folder, shard by shard, as the manifest lists them."""
+    for row in sorted((r for r in read_manifest(storage) if r["folder"] == folder), key=lambda r: r["shard"]):
+        for key, fields in iterate_shard(storage.read_bytes(row["uri"])):
+            yield key, next(iter(fields.values()))
