@@ -1,11 +1,13 @@
-"""The preprocess job: raw corpus -> label shards, as one Ray Data pipeline.
+"""The preprocess job: raw corpus -> label shards -> token shards, as Ray Data pipelines.
 
-    units --read--> samples --decode + cheap labelers--> [model labeler pools] --write--> shards + unit records
+    label:    units --read--> samples --decode + cheap labelers--> [model labeler pools] --write--> label shards
+    tokenize: label shard N --encode with the modality's tokenizer--> tok_<modality>/shard N
 
-Work units come from the sorted input listing; unit N becomes shard N in every output folder. A unit is done when
-its record exists under `_units/`; a rerun skips done units, so a crash at any point costs only the units in flight,
-and an uninterrupted run and a resumed one write the same bytes. At the end the unit records are merged into
-`manifest.parquet`, `quarantine/quarantine.parquet` and `report.json`.
+Work units come from the sorted input listing; unit N becomes shard N in every output folder. An output is made of
+runs (the base label run, runs that add label modalities, tokenize runs; see `plan_runs`), each done unit by unit:
+a unit is done when its record exists under `_units/`, so a rerun skips done units, a crash at any point costs only
+the units in flight, and an uninterrupted run and a resumed one write the same bytes. At the end the unit records
+are merged into `manifest.parquet`, `quarantine/quarantine.parquet` and `report.json`.
 """
 
 from __future__ import annotations
