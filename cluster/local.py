@@ -205,20 +205,34 @@ class LocalCluster:
 
     # -- starting nodes -------------------------------------------------------------------------------------
 
-    def _start_head(self, timeout_s: float) -> None:
-        dashboard_port = _free_port()
-        args = [
-            "--head",
-            f"--port={_free_port()}",
-            f"--num-cpus={self.spec.head_cpus}",
-            # Ray's defaults (10001, 8265) would clash with any other Ray instance on the machine.
-            f"--ray-client-server-port={_free_port()}",
-            f"--include-dashboard={self.spec.dashboard}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            "--system-config=" + json.dumps({"health_check_period_ms": self.spec.health_check_period_ms}),
-        ]
-        head = self._spawn(HEAD, args)
+    def _start_head(self, timeout_s: float, attempts: int = 3) -> None:
+        """Start the head; a port taken between picking and binding it (see _free_ports) costs one more try."""
+        for attempt in range(1, attempts + 1):
+            gcs_port, client_port, dashboard_port = _free_ports(3)
+            args = [
+                "--head",
+                f"--port={gcs_port}",
+                f"--num-cpus={self.spec.head_cpus}",
+                # Ray's defaults (10001, 8265) would clash with any other Ray instance on the machine.
+                f"--ray-client-server-port={client_port}",
+                f"--include-dashboard={self.spec.dashboard}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                "--system-config=" + json.dumps({"health_check_period_ms": self.spec.health_check_period_ms}),
+            ]
+            head = self._spawn(HEAD, args)
+            try:
+                self._wait_for_head(head, timeout_s)
+                break
+            except RuntimeError as error:
+                if attempt == attempts or "address already in use" not in Path(head.log_path).read_text(errors="replace"):
+                    raise
+                print(f"head start lost a port race ({error.__class__.__name__}); retrying", file=sys.stderr)
+                stop_processes(head.processes(), leaders={head.pid}, grace_s=0)
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}" if self.spec.dashboard else None
+        self.save()
+
+    def _wait_for_head(self, head: NodeProcess, timeout_s: float) -> None:
         # `ray start` writes the head's address there once the head is up (Ray's own address file, kept per
         # cluster because the temp dir is).
         address_file = Path(head.temp_dir) / "ray_current_cluster"
@@ -229,8 +243,6 @@ class LocalCluster:
                 raise TimeoutError(f"head not up after {timeout_s:.0f} s; see {head.log_path}")
             time.sleep(0.1)
         self.address = address_file.read_text().strip()
-        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}" if self.spec.dashboard else None
-        self.save()
 
     def _spawn_worker(self) -> str:
         index = 1 + sum(1 for name in self.nodes if name != HEAD)
@@ -278,6 +290,9 @@ class LocalCluster:
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         if self.token_path is not None:
             env[TOKEN_PATH_ENV] = self.token_path
+        # Jobs submitted to this cluster run `python ...`: make that the interpreter the nodes run on (the venv's,
+        # even when it was never activated), as `python` on a real cluster node is the one Ray was installed into.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         return env
 
     def _check_running(self, node: NodeProcess) -> None:
@@ -286,11 +301,17 @@ class LocalCluster:
             raise RuntimeError(f"node {node.name} exited; end of {node.log_path}:\n{tail}")
 
 
-def _free_port() -> int:
-    # Racy by nature (the port is free now, not necessarily when Ray binds it), as with Ray's own port picking.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports, held open together while picked so none is handed out twice. Still racy (a
+    port free now may be taken before Ray binds it), as Ray's own port picking is: _start_head retries."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ from pathlib import PurePath
 
 from schemas.config import ConfigModel
 from schemas.preprocess import PreprocessConfig
+from schemas.submit import SubmitConfig
 
 JOB_CONFIGS: dict[str, type[ConfigModel]] = {
     "preprocess": PreprocessConfig,
+    "submit": SubmitConfig,
 }
 
 
