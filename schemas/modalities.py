@@ -181,7 +181,7 @@ register(Modality("imagebind_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192,
                   "ImageBind-H/14 global embedding", num_tokens=16))
 # --- Tessera additions -----------------------------------------------------------------------------------------
 register(Modality("caption_embedding", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _TS,
-                  "MiniLM sentence embedding of the caption", num_tokens=16))
+                  "MiniLM sentence embedding of the caption", num_tokens=16, implemented=True))
 # --- Meta-Transformer (text and image are `caption` and `rgb` above) --------------------------------------------
 register(Modality("point_cloud", _F.POINT_CLOUD, _T.DATA2SEQ, 8_192, "npy", _MT,
                   "point cloud: farthest-point sampling, k-NN groups of 32", max_tokens=512))
