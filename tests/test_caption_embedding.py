@@ -12,7 +12,7 @@ from pipeline.data.inspect import iter_members, verify_output
 from pipeline.data.labelers import DecodedBatch, get_labeler
 from pipeline.data.labelers.caption_embedding import packaged_minilm
 from pipeline.data.labelers.weights import resolve_weights
-from pipeline.data.preprocess import run_preprocess
+from pipeline.data.preprocess import run_preprocess, split_labelers
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from schemas.config import load_config
@@ -73,8 +73,10 @@ def test_in_an_actor_pool_end_to_end(tmp_path, ray_session):
     write_corpus(SampleCorpusConfig(out=str(corpus), samples=16, image_size=48, samples_per_shard=8))
     config = load_config(PreprocessConfig, None, [
         f"input={corpus}", f"output={tmp_path / 'out'}", "image.resolution=32",
-        "modalities=[rgb, caption, caption_embedding]", "labelers.caption_embedding.concurrency=1",
+        "modalities=[rgb, caption, caption_embedding]",  # no concurrency given: it still gets its own pool
     ])
+    fused, pooled = split_labelers(config, config.modalities)
+    assert "caption_embedding" in pooled and pooled["caption_embedding"].concurrency == 1 and "rgb" in fused
     assert run_preprocess(config, log=lambda _: None)["samples_written"] == 16
     output = Storage(config.output, StorageConfig())
     assert verify_output(output).samples == 16

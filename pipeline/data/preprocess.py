@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
+from pipeline.data.labelers import get_labeler
 from pipeline.data.readers import WorkUnit, list_units
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
@@ -99,11 +100,16 @@ def plan_runs(storage: Storage, config: PreprocessConfig, units: list[WorkUnit] 
 def split_labelers(
     config: PreprocessConfig, modalities: tuple[str, ...]
 ) -> tuple[dict[str, LabelerConfig], dict[str, LabelerConfig]]:
-    """(fused, pooled): labelers with no concurrency run inside decode tasks, the rest get actor pools."""
+    """(fused, pooled): cheap labelers with no concurrency set run inside the decode tasks; the rest, and every
+    labeler that loads a model, get actor pools (one actor unless concurrency says otherwise)."""
     fused, pooled = {}, {}
     for modality in modalities:
         labeler_config = config.labelers.get(modality, LabelerConfig())
-        (pooled if labeler_config.concurrency is not None else fused)[modality] = labeler_config
+        if labeler_config.concurrency is None and not get_labeler(modality).needs_pool:
+            fused[modality] = labeler_config
+        else:
+            concurrency = 1 if labeler_config.concurrency is None else labeler_config.concurrency
+            pooled[modality] = labeler_config.model_copy(update={"concurrency": concurrency})
     return fused, pooled
 
 
@@ -159,7 +165,7 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
         if plan.kind == "tokenize":
             run_tokenize(config, plan, output, shards, log)
         elif source is None or units is None:
-            if not all(output.exists(plan.record_path(i)) for i in range(shards)):
+            if not set(range(shards)) <= plan.done(output):
                 raise ValueError(f"run {plan.run} is unfinished and needs the raw input (--input) to label")
         else:
             processed |= run_units(config, plan, source, output, units, log)
@@ -176,7 +182,8 @@ def _report_covers(output: Storage, runs: list[WritePlan]) -> bool:
 def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit],
               log: Callable[[str], None]) -> set[int]:
     """Do the units of one label run that have no record yet; return their indices."""
-    pending = [u for u in units if not output.exists(plan.record_path(u.index))]
+    done_before = plan.done(output)
+    pending = [u for u in units if u.index not in done_before]
     _log_plan(log, plan, len(units), len(pending), source.root)
     if not pending:
         return set()
@@ -195,7 +202,8 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
 def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, shards: int,
                  log: Callable[[str], None]) -> None:
     """Tokenize every shard of the plan's label folders that has no record yet, one Ray task per shard."""
-    pending = [i for i in range(shards) if not output.exists(plan.record_path(i))]
+    done_before = plan.done(output)
+    pending = [i for i in range(shards) if i not in done_before]
     _log_plan(log, plan, shards, len(pending), output.root)
     if not pending:
         return

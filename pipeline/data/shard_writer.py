@@ -58,9 +58,19 @@ class WritePlan:
     def folders(self) -> tuple[str, ...]:
         return tuple(token_folder(m) for m in self.modalities) if self.kind == "tokenize" else self.modalities
 
+    @property
+    def records_dir(self) -> str:
+        return UNITS_DIR if self.is_base else f"{UNITS_DIR}/{self.run}"
+
     def record_path(self, index: int) -> str:
-        folder = UNITS_DIR if self.is_base else f"{UNITS_DIR}/{self.run}"
-        return f"{folder}/unit-{index:06d}.json"
+        return f"{self.records_dir}/unit-{index:06d}.json"
+
+    def done(self, storage: Storage) -> set[int]:
+        """Indices of the units this run has committed: one listing, not one request per unit (S3 bills both)."""
+        committed = set(storage.list(self.records_dir))
+        prefix = f"{self.records_dir}/unit-"
+        names = (p[len(prefix) :] for p in committed if p.startswith(prefix))
+        return {int(name.removesuffix(".json")) for name in names if "/" not in name}
 
 
 def existing_keys(storage: Storage, index: int) -> list[str]:

