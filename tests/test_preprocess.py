@@ -241,3 +241,12 @@ def test_tokenize_stage_writes_aligned_token_shards_that_decode_back(labelled, t
                     address=ray_cluster.address)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0 and "0 to do" in output
+
+
+def test_units_spread_over_the_worker_nodes(corpus, tmp_path, ray_cluster):
+    report = run_preprocess(recipe(corpus, tmp_path / "spread"), log=lambda _: None)
+    per_node = report["units_per_node_this_run"]
+    workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeName"] in ray_cluster.live_workers()}
+    assert sum(per_node.values()) == 3
+    assert set(per_node) <= workers, "units run on worker nodes (the head offers no CPU)"
+    assert len(per_node) == 2, f"3 units over 2 one-CPU workers use both: {per_node}"

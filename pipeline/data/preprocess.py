@@ -161,6 +161,7 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
     runs = plan_runs(output, config, units)
     shards = len(units) if units is not None else json.loads(output.read_bytes(STATE_FILE))["units"]
     processed: set[int] = set()
+    nodes: Counter = Counter()  # Ray node id -> units labelled there in this run
     for plan in runs:
         if plan.kind == "tokenize":
             run_tokenize(config, plan, output, shards, log)
@@ -168,10 +169,13 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
             if not set(range(shards)) <= plan.done(output):
                 raise ValueError(f"run {plan.run} is unfinished and needs the raw input (--input) to label")
         else:
-            processed |= run_units(config, plan, source, output, units, log)
+            processed |= run_units(config, plan, source, output, units, log, nodes)
     if not processed and output.exists(REPORT_FILE) and _report_covers(output, runs):
         return json.loads(output.read_bytes(REPORT_FILE))  # a finished job: rerunning it changes nothing
-    return finalize(output, config, runs, shards, time.perf_counter() - started, processed)
+    report = finalize(output, config, runs, shards, time.perf_counter() - started, processed)
+    report["units_per_node_this_run"] = dict(sorted(nodes.items()))
+    output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())
+    return report
 
 
 def _report_covers(output: Storage, runs: list[WritePlan]) -> bool:
@@ -180,8 +184,8 @@ def _report_covers(output: Storage, runs: list[WritePlan]) -> bool:
 
 
 def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit],
-              log: Callable[[str], None]) -> set[int]:
-    """Do the units of one label run that have no record yet; return their indices."""
+              log: Callable[[str], None], nodes: Counter) -> set[int]:
+    """Do the units of one label run that have no record yet; return their indices and count them per node."""
     done_before = plan.done(output)
     pending = [u for u in units if u.index not in done_before]
     _log_plan(log, plan, len(units), len(pending), source.root)
@@ -189,7 +193,9 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
         return set()
     done = set()
     for count, row in enumerate(build_dataset(config, plan, source, output, pending).iter_rows(), start=1):
-        done.add(_log_unit(log, row, count, len(pending)))
+        record = _log_unit(log, row, count, len(pending))
+        done.add(record["unit"])
+        nodes[record["node"]] += 1
     # A unit with no readable members produces no rows and so never reaches the writer: commit it empty here,
     # so every shard number exists in every folder.
     for unit in pending:
@@ -219,11 +225,12 @@ def _log_plan(log: Callable[[str], None], plan: WritePlan, total: int, pending: 
         f"{total - pending} already done, {pending} to do")
 
 
-def _log_unit(log: Callable[[str], None], row: dict, count: int, total: int) -> int:
+def _log_unit(log: Callable[[str], None], row: dict, count: int, total: int) -> dict:
     record = json.loads(row["record"])
-    log(f"  unit {record['unit']:>6} done ({count}/{total}): {record['samples_written']} written, "
+    node = f" on node {record['node'][:8]}" if "node" in record else ""
+    log(f"  unit {record['unit']:>6} done ({count}/{total}){node}: {record['samples_written']} written, "
         f"{len(record['quarantine'])} quarantined")
-    return record["unit"]
+    return record
 
 
 def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], shards: int,

@@ -15,6 +15,7 @@ import tarfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import ray
 
 from pipeline.data.encoding import encode_json, encode_npy
 from pipeline.data.stages import Batch, ok_mask, payload_column
@@ -89,6 +90,8 @@ def write_unit(batch: Batch, *, storage: Storage, plan: WritePlan, unit_label: d
         raise RuntimeError(f"writer got a partial or mixed unit: units {sorted(units)}, {len(batch['unit'])} rows")
     (index,) = units
     record = commit_unit(storage, index, unit_label[index], batch, plan)
+    # Where the unit ran, for the report (not stored in the record: a resumed run must not differ from a whole one).
+    record["node"] = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     return {"unit": np.array([index]), "record": np.array([json.dumps(record)], dtype=object)}
 
 
