@@ -153,9 +153,11 @@ register(Modality("t5_caption", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M
 register(Modality("det", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
                   "bounding boxes as `xmin ymin xmax ymax class` runs with 1000 coordinate bins", max_tokens=256))
 register(Modality("semseg", _F.IMAGE_LIKE, _T.IMAGE_VQ, 4_096, "png", _4M, "COCO semantic segmentation",
-                  num_tokens=196))
-register(Modality("depth", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "npy", _4M, "monocular depth", num_tokens=196))
-register(Modality("normal", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "surface normals", num_tokens=196))
+                  num_tokens=196, implemented=True))
+register(Modality("depth", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "npy", _4M, "monocular depth", num_tokens=196,
+                  implemented=True))
+register(Modality("normal", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "surface normals", num_tokens=196,
+                  implemented=True))
 register(Modality("canny_edge", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "Canny edges", num_tokens=196,
                   implemented=True))
 register(Modality("sam_edge", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "edges of SAM instances",
@@ -170,11 +172,11 @@ register(Modality("metadata", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "jso
                   "image metadata computed from pixels and captions", max_tokens=40,
                   implemented=True))
 register(Modality("clip_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M, "CLIP-B/16 feature map",
-                  num_tokens=196))
+                  num_tokens=196, implemented=True))
 register(Modality("dinov2_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M, "DINOv2-B/14 feature map",
-                  num_tokens=256))
+                  num_tokens=256, implemented=True))
 register(Modality("dinov2_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _4M,
-                  "DINOv2-B/14 global embedding", num_tokens=16))
+                  "DINOv2-B/14 global embedding", num_tokens=16, implemented=True))
 register(Modality("imagebind_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M,
                   "ImageBind-H/14 feature map", num_tokens=256))
 register(Modality("imagebind_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _4M,

@@ -152,10 +152,10 @@ def test_killed_driver_then_rerun_gives_same_shards(corpus, labelled, tmp_path, 
 
 
 def test_cli_refuses_bad_config_and_missing_input(tmp_path, ray_cluster):
-    bad = run_job("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "modalities=[depth]",
+    bad = run_job("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "modalities=[point_cloud]",
                   address=ray_cluster.address)
     output, _ = bad.communicate(timeout=120)
-    assert bad.returncode == 2 and "depth" in output and "not implemented" in output
+    assert bad.returncode == 2 and "point_cloud" in output and "not implemented" in output
     missing = run_job("--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), address=ray_cluster.address)
     output, _ = missing.communicate(timeout=120)
     assert missing.returncode == 1 and "does not exist" in output

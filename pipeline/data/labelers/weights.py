@@ -11,9 +11,22 @@ import tempfile
 from pathlib import Path
 
 from pipeline.data.storage import Storage
-from schemas.preprocess import StorageConfig
+from schemas.preprocess import LabelerConfig, StorageConfig
 
 CACHE_ROOT = Path(tempfile.gettempdir()) / "tessera-weights"
+
+
+class MissingWeightsError(ValueError):
+    """A labeler that loads a model was given no weights."""
+
+
+def required_weights(modality: str, config: LabelerConfig) -> str:
+    """The configured weights URI of a labeler that cannot run without one."""
+    if not config.weights:
+        raise MissingWeightsError(
+            f"labeler {modality} needs weights: set labelers.{modality}.weights to a local path or s3:// URI"
+        )
+    return config.weights
 
 
 def resolve_weights(uri: str, storage: StorageConfig | None = None) -> Path:
