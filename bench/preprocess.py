@@ -55,7 +55,7 @@ class CpuSampler:
 
 def single_process(config: PreprocessConfig) -> None:
     source, output = Storage(config.input, config.storage), Storage(config.output, config.storage)
-    fused, _ = split_labelers(config, config.modalities)
+    fused = split_labelers(config, config.modalities).fused
     plan = WritePlan(BASE_RUN, config.modalities)
     units = list_units(source, config.reader)
     labels = {u.index: u.label for u in units}

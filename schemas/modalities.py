@@ -70,6 +70,8 @@ class Modality:
     max_tokens: int | None = None
     implemented: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Values are class ids, not magnitudes: resampled with nearest neighbour, scored with IoU, never averaged.
+    categorical: bool = False
 
     def __post_init__(self) -> None:
         if (self.num_tokens is None) == (self.max_tokens is None):
@@ -153,7 +155,7 @@ register(Modality("t5_caption", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M
 register(Modality("det", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
                   "bounding boxes as `xmin ymin xmax ymax class` runs with 1000 coordinate bins", max_tokens=256))
 register(Modality("semseg", _F.IMAGE_LIKE, _T.IMAGE_VQ, 4_096, "png", _4M, "COCO semantic segmentation",
-                  num_tokens=196, implemented=True))
+                  num_tokens=196, implemented=True, categorical=True))
 register(Modality("depth", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "npy", _4M, "monocular depth", num_tokens=196,
                   implemented=True))
 register(Modality("normal", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "surface normals", num_tokens=196,

@@ -55,6 +55,10 @@ class LabelerConfig(ConfigModel):
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     weights: str | None = None  # local path or s3:// URI of the model weights; nothing is downloaded from a hub
+    # model: run the pseudo-labeler. ground_truth: take the corpus's own `<key>.<modality>.<ext>` member (e.g. the
+    # sample corpus's depth.npy / semseg.png), cropped and resized exactly like the image; a sample without one is
+    # quarantined (missing_ground_truth), never filled in by a model.
+    source: Literal["model", "ground_truth"] = "model"
 
 
 class RayConfig(ConfigModel):

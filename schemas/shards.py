@@ -24,7 +24,10 @@ QUARANTINE_DIR = "quarantine"
 
 CROP_SETTINGS_FOLDER = "crop_settings"  # <key>.npy, int32 (n_crops, 5): top, left, height, width, hflip
 SOURCE_FOLDER = "source"  # <key>.json: {"uri": ..., "key": ...} of the raw sample
-AUX_FOLDERS = (CROP_SETTINGS_FOLDER, SOURCE_FOLDER)
+# <key>.json: the raw sample's own JSON (img2dataset metadata, the sample corpus's objects), {} when it had none.
+# Evaluation reads its per-sample annotations (object classes, counts) from here.
+ANNOTATIONS_FOLDER = "annotations"
+AUX_FOLDERS = (CROP_SETTINGS_FOLDER, SOURCE_FOLDER, ANNOTATIONS_FOLDER)
 
 
 def shard_name(index: int) -> str:
@@ -130,6 +133,8 @@ class Reason(str, enum.Enum):
     IMAGE_TOO_SMALL = "image_too_small"
     BAD_CAPTION = "bad_caption"  # not UTF-8, empty or too long
     BAD_METADATA = "bad_metadata"  # JSON that does not parse strictly
+    MISSING_GROUND_TRUTH = "missing_ground_truth"  # a modality taken from the corpus, absent for this sample
+    BAD_GROUND_TRUTH = "bad_ground_truth"  # present but undecodable, or not the image's size
     LABEL_FAILED = "label_failed"
     TOKENIZE_FAILED = "tokenize_failed"
 

@@ -75,8 +75,8 @@ def test_in_an_actor_pool_end_to_end(tmp_path, ray_session):
         f"input={corpus}", f"output={tmp_path / 'out'}", "image.resolution=32",
         "modalities=[rgb, caption, caption_embedding]",  # no concurrency given: it still gets its own pool
     ])
-    fused, pooled = split_labelers(config, config.modalities)
-    assert "caption_embedding" in pooled and pooled["caption_embedding"].concurrency == 1 and "rgb" in fused
+    labels = split_labelers(config, config.modalities)
+    assert labels.pooled["caption_embedding"].concurrency == 1 and "rgb" in labels.fused
     assert run_preprocess(config, log=lambda _: None)["samples_written"] == 16
     output = Storage(config.output, StorageConfig())
     assert verify_output(output).samples == 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -12,13 +13,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
 import webdataset as wds
+from PIL import Image
 
 from hostile_corpus import MAX_PIXELS, write_hostile_corpus
-from pipeline.data.inspect import iterate_shard, verify_output
+from pipeline.data.inspect import iter_members, iterate_shard, verify_output
+from pipeline.data.labelers.weights import MissingWeightsError
 from pipeline.data.preprocess import OutputConflictError, run_preprocess
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
@@ -61,7 +65,7 @@ def test_output_is_complete_aligned_and_readable(labelled):
     summary = verify_output(Storage(str(out), StorageConfig()))
     assert summary.shards == 3 and summary.samples == 40
     assert set(summary.folders) == {"rgb", "caption", "canny_edge", "color_palette", "metadata",
-                                    "crop_settings", "source"}
+                                    "crop_settings", "source", "annotations"}
 
 
 def test_webdataset_and_ray_data_read_the_same_samples(labelled):
@@ -250,3 +254,62 @@ def test_units_spread_over_the_worker_nodes(corpus, tmp_path, ray_cluster):
     assert sum(per_node.values()) == 3
     assert set(per_node) <= workers, "units run on worker nodes (the head offers no CPU)"
     assert len(per_node) == 2, f"3 units over 2 one-CPU workers use both: {per_node}"
+
+
+def test_ground_truth_maps_follow_the_image_crop(tmp_path):
+    """`source: ground_truth` takes the corpus's own depth/semseg maps, cut exactly like the RGB; samples without
+    them are quarantined with their reason; the raw json rides along in `annotations`."""
+    corpus = tmp_path / "corpus"
+    write_corpus(SampleCorpusConfig(out=str(corpus), samples=12, image_size=64, samples_per_shard=12,
+                                    real_fraction=0.25))
+    raw = {s["__key__"]: s for s in wds.WebDataset(str(corpus / "corpus-000000.tar"), shardshuffle=False)}
+    out = tmp_path / "out"
+    config = recipe(corpus, out, "modalities=[rgb, depth, semseg]", "image.resolution=64",
+                    "labelers={depth: {source: ground_truth}, semseg: {source: ground_truth}}")
+    report = run_preprocess(config, log=lambda _: None)
+    photos = [k for k, s in raw.items() if "depth.npy" not in s]
+    assert photos and report["samples_written"] == 12 - len(photos)
+    quarantined = pq.read_table(out / "quarantine" / "quarantine.parquet").to_pylist()
+    assert sorted(q["source_key"] for q in quarantined) == sorted(photos)
+    assert {q["reason"] for q in quarantined} == {"missing_ground_truth"}
+    storage = Storage(str(out), StorageConfig())
+    depth = dict(iter_members(storage, "depth"))
+    semseg = dict(iter_members(storage, "semseg"))
+    annotations = dict(iter_members(storage, "annotations"))
+    assert set(depth) == set(semseg) == set(annotations) == set(raw) - set(photos)
+    for key in depth:
+        truth = np.load(io.BytesIO(raw[key]["depth.npy"]))
+        ours = np.load(io.BytesIO(depth[key]))
+        assert ours.shape == (64, 64) and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, truth, rtol=1e-6)  # 64 px scenes in, 64 px out: the identity crop
+        classes = np.asarray(Image.open(io.BytesIO(semseg[key])))
+        np.testing.assert_array_equal(classes, np.asarray(Image.open(io.BytesIO(raw[key]["semseg.png"]))))
+        assert json.loads(annotations[key])["objects"] == json.loads(raw[key]["json"])["objects"]
+
+
+def test_ground_truth_is_resampled_without_mixing_classes(tmp_path):
+    from pipeline.data.decode import Crop, DecodeError
+    from pipeline.data.encoding import encode_npy, encode_png
+    from pipeline.data.ground_truth import ground_truth_payload
+
+    classes = np.zeros((40, 60), dtype=np.uint8)
+    classes[:, 30:] = 7  # two classes; bilinear resampling would invent values between them
+    depth = np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(40, 60)
+    crop = Crop(0, 10, 40, 40)
+    semseg = np.asarray(Image.open(io.BytesIO(ground_truth_payload("semseg", encode_png(classes), crop, (60, 40), 16))))
+    assert semseg.shape == (16, 16) and set(np.unique(semseg)) == {0, 7}
+    resized = np.load(io.BytesIO(ground_truth_payload("depth", encode_npy(depth), crop, (60, 40), 16)))
+    assert resized.shape == (16, 16) and depth[:, 10:50].min() <= resized.min() < resized.max() <= depth[:, 10:50].max()
+    with pytest.raises(DecodeError, match="map is 60x40, the image 64x64"):
+        ground_truth_payload("depth", encode_npy(depth), Crop(0, 0, 64, 64), (64, 64), 16)
+    with pytest.raises(DecodeError, match="NaN"):
+        ground_truth_payload("depth", encode_npy(np.full((40, 60), np.nan, np.float32)), crop, (60, 40), 16)
+    with pytest.raises(DecodeError, match="bad_ground_truth"):
+        ground_truth_payload("semseg", b"not a png", crop, (60, 40), 16)
+
+
+def test_missing_weights_fail_before_any_work(corpus, tmp_path):
+    config = recipe(corpus, tmp_path / "out", "modalities=[rgb, depth]")
+    with pytest.raises(MissingWeightsError, match="labelers.depth.weights"):
+        run_preprocess(config, log=lambda _: None)
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.data.labelers import get_labeler
+from pipeline.data.labelers.weights import required_weights
 from pipeline.data.readers import WorkUnit, list_units
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
@@ -97,20 +98,34 @@ def plan_runs(storage: Storage, config: PreprocessConfig, units: list[WorkUnit] 
     return runs
 
 
-def split_labelers(
-    config: PreprocessConfig, modalities: tuple[str, ...]
-) -> tuple[dict[str, LabelerConfig], dict[str, LabelerConfig]]:
-    """(fused, pooled): cheap labelers with no concurrency set run inside the decode tasks; the rest, and every
-    labeler that loads a model, get actor pools (one actor unless concurrency says otherwise)."""
-    fused, pooled = {}, {}
+@dataclasses.dataclass(frozen=True)
+class LabelPlan:
+    """How each modality of a run is made: inside the decode tasks, in its own actor pool, or from the corpus."""
+
+    fused: dict[str, LabelerConfig]
+    pooled: dict[str, LabelerConfig]
+    ground_truth: tuple[str, ...]
+
+
+def split_labelers(config: PreprocessConfig, modalities: tuple[str, ...]) -> LabelPlan:
+    """Cheap labelers with no concurrency set run inside the decode tasks; the rest, and every labeler that loads a
+    model, get actor pools (one actor unless concurrency says otherwise); `source: ground_truth` modalities need no
+    labeler. Missing weights fail here, before any Ray work starts, not later inside an actor."""
+    fused, pooled, truth = {}, {}, []
     for modality in modalities:
         labeler_config = config.labelers.get(modality, LabelerConfig())
-        if labeler_config.concurrency is None and not get_labeler(modality).needs_pool:
+        if labeler_config.source == "ground_truth":
+            truth.append(modality)
+            continue
+        labeler = get_labeler(modality)
+        if labeler.needs_weights:
+            required_weights(modality, labeler_config)
+        if labeler_config.concurrency is None and not labeler.needs_pool:
             fused[modality] = labeler_config
         else:
             concurrency = 1 if labeler_config.concurrency is None else labeler_config.concurrency
             pooled[modality] = labeler_config.model_copy(update={"concurrency": concurrency})
-    return fused, pooled
+    return LabelPlan(fused, pooled, tuple(truth))
 
 
 def chain(*stages: Callable[[Batch], Batch]) -> Callable[[Batch], Batch]:
@@ -131,19 +146,20 @@ def build_dataset(
 ) -> ray.data.Dataset:
     # Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
     ray.data.DataContext.get_current().target_max_block_size = None
-    fused, pooled = split_labelers(config, plan.modalities)
-    read = partial(read_stage, storage=source, config=config.reader)
-    decode = partial(decode_stage, image=config.image, caption=config.caption, fused=fused)
+    labels = split_labelers(config, plan.modalities)
+    read = partial(read_stage, storage=source, config=config.reader, ground_truth=labels.ground_truth)
+    decode = partial(decode_stage, image=config.image, caption=config.caption, fused=labels.fused,
+                     ground_truth=labels.ground_truth)
     write = partial(write_unit, storage=output, plan=plan,
                     unit_label={u.index: u.label for u in units})
     items = [{"unit": dataclasses.asdict(u)} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    if not pooled:  # everything in one task per unit
+    if not labels.pooled:  # everything in one task per unit
         return ds.map_batches(chain(read, decode, write), batch_size=1)
     ds = ds.map_batches(chain(read, decode), batch_size=1)
-    for modality, labeler_config in pooled.items():
+    for modality, labeler_config in labels.pooled.items():
         ds = ds.map_batches(
-            PooledLabelStage, batch_size=None, fn_constructor_args=(modality, labeler_config),
+            PooledLabelStage, batch_size=None, fn_constructor_args=(modality, labeler_config, config.storage),
             concurrency=labeler_config.concurrency, num_cpus=labeler_config.num_cpus,
             num_gpus=labeler_config.num_gpus or None,
         )
@@ -155,6 +171,8 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
     if not config.output:
         raise ValueError("preprocess needs an output (--output or output: in the config)")
     started = time.perf_counter()
+    if "label" in config.stages:
+        split_labelers(config, config.modalities)  # a labeler without its weights fails now, before any output exists
     output = Storage(config.output, config.storage)
     source = Storage(config.input, config.storage) if config.input else None
     units = list_units(source, config.reader) if source is not None else None
@@ -200,7 +218,7 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
     # so every shard number exists in every folder.
     for unit in pending:
         if unit.index not in done:
-            empty = {k: [] for k in ("key", "source_uri", "stage", "reason", "detail", "crop")}
+            empty = {k: [] for k in ("key", "source_uri", "stage", "reason", "detail", "crop", "annotations")}
             commit_unit(output, unit.index, unit.label, empty, plan)
     return {u.index for u in pending}
 

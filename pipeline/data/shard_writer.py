@@ -23,6 +23,7 @@ from pipeline.data.storage import Storage
 from pipeline.data.tar_io import tar_bytes
 from schemas.modalities import get_modality
 from schemas.shards import (
+    ANNOTATIONS_FOLDER,
     CROP_SETTINGS_FOLDER,
     SOURCE_FOLDER,
     ManifestRow,
@@ -109,6 +110,7 @@ def commit_unit(storage: Storage, index: int, label: str, batch: Batch, plan: Wr
         folders[SOURCE_FOLDER] = (None, "json", [
             encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i]}) for i in good
         ])
+        folders[ANNOTATIONS_FOLDER] = (None, "json", [batch["annotations"][i] for i in good])
     manifest = []
     for folder, (modality, ext, payloads) in folders.items():
         payload = tar_bytes((member_name(k, ext), p) for k, p in zip(keys, payloads))

@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data.decode import DecodeError, decode_caption, decode_image, decode_metadata
+from pipeline.data.encoding import encode_json
+from pipeline.data.ground_truth import ground_truth_payload, member_ext
 from pipeline.data.labelers import DecodedBatch, get_labeler
 from pipeline.data.readers import RawSample, WorkUnit, read_unit
 from pipeline.data.storage import Storage
-from schemas.preprocess import CaptionConfig, ImageConfig, LabelerConfig, ReaderConfig
+from schemas.preprocess import CaptionConfig, ImageConfig, LabelerConfig, ReaderConfig, StorageConfig
 from schemas.shards import Reason, Stage
 
 Batch = dict[str, np.ndarray]
@@ -41,17 +43,21 @@ def quarantine(batch: Batch, index: int, stage: Stage, reason: Reason, detail: s
 
 
 # --- read ----------------------------------------------------------------------------------------------------------
-def read_stage(units: Batch, *, storage: Storage, config: ReaderConfig) -> Batch:
-    """One unit row in, all of that unit's samples and read-stage quarantine records out, in source order."""
+def read_stage(units: Batch, *, storage: Storage, config: ReaderConfig, ground_truth: tuple[str, ...] = ()) -> Batch:
+    """One unit row in, all of that unit's samples and read-stage quarantine records out, in source order.
+    `ground_truth` modalities are looked up among each sample's extra members (`<key>.depth.npy`, ...)."""
     (unit_json,) = units["unit"]
     unit = WorkUnit(**{k: tuple(v) if isinstance(v, list) else v for k, v in unit_json.items()})
-    rows: dict[str, list] = {c: [] for c in ("unit", "key", "source_uri", "image", "caption", "meta", *STATUS_COLUMNS)}
+    columns = ("key", "source_uri", "image", "caption", "meta", *STATUS_COLUMNS, *map(ground_truth_column, ground_truth))
+    rows: dict[str, list] = {c: [] for c in ("unit", *columns)}
     for item in read_unit(storage, unit, config):
         if isinstance(item, RawSample):
-            values = (item.key, item.source_uri, item.image, item.caption, item.meta, "", "", "")
+            truths = [item.extras.get(member_ext(m)) for m in ground_truth]
+            values = (item.key, item.source_uri, item.image, item.caption, item.meta, "", "", "", *truths)
         else:
-            values = (item.source_key, item.source_uri, None, None, None, item.stage.value, item.reason.value, item.detail)
-        for column, value in zip(("key", "source_uri", "image", "caption", "meta", *STATUS_COLUMNS), values):
+            values = (item.source_key, item.source_uri, None, None, None, item.stage.value, item.reason.value,
+                      item.detail, *(None for _ in ground_truth))
+        for column, value in zip(columns, values):
             rows[column].append(value)
         rows["unit"].append(unit.index)
     batch = {column: np.array(values, dtype=object) for column, values in rows.items()}
@@ -60,25 +66,38 @@ def read_stage(units: Batch, *, storage: Storage, config: ReaderConfig) -> Batch
     return batch
 
 
+def ground_truth_column(modality: str) -> str:
+    return f"gt_{modality}"
+
+
 # --- decode (+ the cheap labelers, fused into the same task) --------------------------------------------------------
 def decode_stage(
-    batch: Batch, *, image: ImageConfig, caption: CaptionConfig, fused: dict[str, LabelerConfig]
+    batch: Batch, *, image: ImageConfig, caption: CaptionConfig, fused: dict[str, LabelerConfig],
+    ground_truth: tuple[str, ...] = (),
 ) -> Batch:
     n = len(batch["key"])
     pixels = np.zeros((n, image.resolution, image.resolution, 3), dtype=np.uint8)
     crops = np.zeros((n, 5), dtype=np.int32)
-    captions, sizes = [""] * n, [(0, 0)] * n
+    captions, sizes, annotations = [""] * n, [(0, 0)] * n, [b"{}"] * n
+    truths = {m: np.full(n, None, dtype=object) for m in ground_truth}
     for i in np.flatnonzero(ok_mask(batch)):
         try:
             pixels[i], crop, sizes[i] = decode_image(optional_bytes(batch["image"][i]), image)
             crops[i] = crop.as_array()[0]
             captions[i] = decode_caption(optional_bytes(batch["caption"][i]), caption)
-            decode_metadata(optional_bytes(batch["meta"][i]))  # validated strictly; not yet carried further
+            annotations[i] = encode_json(decode_metadata(optional_bytes(batch["meta"][i])))
+            for modality in ground_truth:
+                truths[modality][i] = ground_truth_payload(
+                    modality, optional_bytes(batch[ground_truth_column(modality)][i]), crop, sizes[i],
+                    image.resolution)
         except DecodeError as exc:
             quarantine(batch, i, Stage.DECODE, exc.reason, exc.detail)
-    out = {k: v for k, v in batch.items() if k not in ("image", "caption", "meta")}
+    dropped = ("image", "caption", "meta", *map(ground_truth_column, ground_truth))
+    out = {k: v for k, v in batch.items() if k not in dropped}
     out.update(pixels=pixels, crop=crops, caption=np.array(captions, dtype=object),
-               orig_size=np.asarray(sizes, dtype=np.int64).reshape(n, 2))
+               orig_size=np.asarray(sizes, dtype=np.int64).reshape(n, 2),
+               annotations=np.array(annotations, dtype=object))
+    out.update({payload_column(m): column for m, column in truths.items()})
     for modality, labeler_config in fused.items():
         apply_labeler(out, get_labeler(modality)(labeler_config), labeler_config.batch_size)
     return out
@@ -118,8 +137,8 @@ def _decoded(batch: Batch, index: np.ndarray) -> DecodedBatch:
 class PooledLabelStage:
     """A labeler in its own Ray Data actor pool: built once per actor (weights loaded once), then fed whole units."""
 
-    def __init__(self, modality: str, config: LabelerConfig):
-        self.labeler = get_labeler(modality)(config)
+    def __init__(self, modality: str, config: LabelerConfig, storage: StorageConfig):
+        self.labeler = get_labeler(modality)(config, storage)
         self.batch_size = config.batch_size
 
     def __call__(self, batch: Batch) -> Batch:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from schemas.preprocess import LabelerConfig
+from schemas.preprocess import LabelerConfig, StorageConfig
 
 
 @dataclass
@@ -34,8 +34,9 @@ class Labeler:
     # Loads a model: built once per actor in its own pool, never per unit inside the decode tasks.
     needs_pool: ClassVar[bool] = False
 
-    def __init__(self, config: LabelerConfig | None = None):
+    def __init__(self, config: LabelerConfig | None = None, storage: StorageConfig | None = None):
         self.config = config or LabelerConfig()
+        self.storage = storage or StorageConfig()  # how to reach s3:// weights (endpoint, region, credentials)
 
     def label(self, batch: DecodedBatch) -> list[bytes]:
         raise NotImplementedError

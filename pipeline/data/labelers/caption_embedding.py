@@ -29,12 +29,12 @@ class CaptionEmbedding(Labeler):
     modality = "caption_embedding"
     needs_pool = True
 
-    def __init__(self, config: LabelerConfig | None = None):
-        super().__init__(config)
+    def __init__(self, config: LabelerConfig | None = None, storage: StorageConfig | None = None):
+        super().__init__(config, storage)
         import torch  # heavy imports stay out of the decode workers that never use this labeler
         from transformers import AutoModel, AutoTokenizer
 
-        path = resolve_weights(self.config.weights) if self.config.weights else packaged_minilm()
+        path = resolve_weights(self.config.weights, self.storage) if self.config.weights else packaged_minilm()
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() and self.config.num_gpus > 0 else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

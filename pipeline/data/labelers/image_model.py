@@ -82,11 +82,11 @@ class ImageModelLabeler(Labeler):
     architecture: ClassVar[str]
 
     def __init__(self, config: LabelerConfig | None = None, storage: StorageConfig | None = None):
-        super().__init__(config)
+        super().__init__(config, storage)
         import torch  # heavy imports stay out of the decode workers that never build this labeler
 
         self.torch = torch
-        path = resolve_weights(required_weights(self.modality, self.config), storage)
+        path = resolve_weights(required_weights(self.modality, self.config), self.storage)
         self.device = torch.device("cuda" if torch.cuda.is_available() and self.config.num_gpus > 0 else "cpu")
         self.input = ImageInput.from_dir(path)
         self.model = self.load_model(path).to(self.device).eval()
