@@ -59,6 +59,7 @@ class LabelerConfig(ConfigModel):
     # sample corpus's depth.npy / semseg.png), cropped and resized exactly like the image; a sample without one is
     # quarantined (missing_ground_truth), never filled in by a model.
     source: Literal["model", "ground_truth"] = "model"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of model-based labelers; bf16 is the GPU choice
 
 
 class RayConfig(ConfigModel):

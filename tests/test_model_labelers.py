@@ -137,6 +137,18 @@ def test_matches_transformers_reference(labelers, weights, modality, tmp_path):
             np.testing.assert_allclose(mine, expected, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("modality", ["depth", "dinov2_feature"])
+def test_bf16_labels_are_close_to_fp32(labelers, weights, modality):
+    """bf16 (the GPU setting) runs the same code; on CPU it must agree with fp32 to bf16's ~3 significant digits."""
+    low = get_labeler(modality)(LabelerConfig(weights=weights[modality], precision="bf16"))
+    assert next(low.model.parameters()).dtype == low.torch.bfloat16
+    pixels = images()
+    for mine, reference in zip(outputs(low, pixels), outputs(labelers[modality], pixels)):
+        assert mine.dtype == reference.dtype and mine.shape == reference.shape
+        mine, reference = mine.astype(np.float32), reference.astype(np.float32)
+        assert np.abs(mine - reference).mean() < 0.05 * np.abs(reference).mean() + 1e-3
+
+
 def test_pixel_values_match_the_image_processor(labelers, weights):
     import transformers as tf
 

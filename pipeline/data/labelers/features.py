@@ -29,7 +29,7 @@ class ClipFeatureLabeler(ImageModelLabeler):
     def predict(self, pixel_values, out_size: tuple[int, int]) -> np.ndarray:
         hidden = self.model(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state
         tokens = self.model.visual_projection(self.model.vision_model.post_layernorm(hidden[:, 1:]))
-        return patch_grid(tokens, pixel_values, self.patch_size()).cpu().numpy().astype(np.float16)
+        return patch_grid(tokens, pixel_values, self.patch_size()).float().cpu().numpy().astype(np.float16)
 
 
 @register_labeler
@@ -41,7 +41,7 @@ class Dinov2FeatureLabeler(ImageModelLabeler):
 
     def predict(self, pixel_values, out_size: tuple[int, int]) -> np.ndarray:
         hidden = self.model(pixel_values=pixel_values).last_hidden_state  # final LayerNorm applied; no registers
-        return patch_grid(hidden[:, 1:], pixel_values, self.patch_size()).cpu().numpy().astype(np.float16)
+        return patch_grid(hidden[:, 1:], pixel_values, self.patch_size()).float().cpu().numpy().astype(np.float16)
 
 
 @register_labeler
@@ -52,4 +52,4 @@ class Dinov2GlobalLabeler(ImageModelLabeler):
     architecture = "Dinov2Model"
 
     def predict(self, pixel_values, out_size: tuple[int, int]) -> np.ndarray:
-        return self.model(pixel_values=pixel_values).pooler_output.cpu().numpy().astype(np.float16)
+        return self.model(pixel_values=pixel_values).pooler_output.float().cpu().numpy().astype(np.float16)

@@ -86,6 +86,8 @@ class ImageModelLabeler(Labeler):
         import torch  # heavy imports stay out of the decode workers that never build this labeler
 
         self.torch = torch
+        # bf16/fp16 halve memory and run on tensor cores on a GPU; outputs are stored at their own precision anyway
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.precision]
         path = resolve_weights(required_weights(self.modality, self.config), self.storage)
         self.device = torch.device("cuda" if torch.cuda.is_available() and self.config.num_gpus > 0 else "cpu")
         self.input = ImageInput.from_dir(path)
@@ -109,7 +111,7 @@ class ImageModelLabeler(Labeler):
                              f"runs {self.architecture} ({cls.config_class.model_type!r})")
         # Mismatched shapes are reported, not raised, so that every misfit gets the one error below: a checkpoint
         # without (part of) the head would otherwise label with freshly initialised weights.
-        model, info = cls.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=self.torch.float32,
+        model, info = cls.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=self.dtype,
                                           output_loading_info=True, ignore_mismatched_sizes=True)
         misfits = [f"{key}: missing" for key in sorted(info["missing_keys"])] + [
             f"{key}: {tuple(saved)} in the checkpoint, {tuple(wanted)} in the model"
@@ -138,14 +140,15 @@ class ImageModelLabeler(Labeler):
             pixels = pixels * self.input.rescale
         mean = torch.tensor(self.input.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.input.std, device=self.device).view(1, 3, 1, 1)
-        return (pixels - mean) / std
+        return ((pixels - mean) / std).to(self.dtype)
 
     def predict(self, pixel_values, out_size: tuple[int, int]) -> np.ndarray:
         """One output array per sample, stacked; `out_size` is the samples' (height, width)."""
         raise NotImplementedError
 
     def resize_to(self, maps, out_size: tuple[int, int]):
-        """(N, C, h, w) dense predictions -> (N, C, H, W) at the sample's resolution, bilinearly."""
+        """(N, C, h, w) dense predictions -> (N, C, H, W) float32 at the sample's resolution, bilinearly."""
+        maps = maps.float()
         if tuple(maps.shape[-2:]) == tuple(out_size):
             return maps
         return self.torch.nn.functional.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
