@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.data.inspect import iter_members, verify_output
 from pipeline.data.labelers import DecodedBatch, get_labeler
 from pipeline.data.labelers.image_model import PREPROCESSOR_FILE
-from pipeline.data.labelers.weights import MissingWeightsError
+from pipeline.data.labelers.weights import MissingWeightsError, resolve_weights
 from pipeline.data.preprocess import run_preprocess
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
@@ -245,6 +245,13 @@ def test_weights_from_s3(labelers, weights, s3_bucket):
     from_s3 = get_labeler("depth")(LabelerConfig(weights=uri), storage=storage)
     pixels = images()
     assert from_s3(batch(pixels)) == labelers["depth"](batch(pixels))
+    # Weights replaced at the same URI are fetched again, never served stale from the cache.
+    cached = resolve_weights(uri, storage)
+    assert resolve_weights(uri, storage) == cached
+    changed = json.loads(remote.read_bytes("config.json")) | {"tessera_note": "retrained"}
+    remote.write_atomic("config.json", json.dumps(changed).encode())
+    refreshed = resolve_weights(uri, storage)
+    assert refreshed != cached and json.loads((refreshed / "config.json").read_text())["tessera_note"] == "retrained"
 
 
 def test_depth_in_an_actor_pool_end_to_end(tmp_path, weights, ray_session):

@@ -79,6 +79,20 @@ class Storage:
         prefix = self._root_path.rstrip("/") + "/"
         return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
 
+    def signature(self, relpath: str = "") -> dict[str, str]:
+        """Relative path -> size and version (S3 ETag, else modification time) of each file under relpath: one
+        listing call that changes whenever any file's content is replaced."""
+        base = self.path(relpath)
+        if not self.fs.isdir(base):
+            return {}
+        prefix = self._root_path.rstrip("/") + "/"
+        entries = self.fs.find(base, detail=True)
+        return {
+            (p[len(prefix) :] if p.startswith(prefix) else p):
+                f"{info.get('size')}:{info.get('ETag') or info.get('mtime') or info.get('LastModified')}"
+            for p, info in sorted(entries.items())
+        }
+
     def open(self, relpath: str, mode: str = "rb"):
         return self.fs.open(self.path(relpath), mode)
 

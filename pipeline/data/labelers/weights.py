@@ -5,6 +5,7 @@ cache. Nothing is ever fetched from a model hub: loaders are called with local_f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -36,13 +37,15 @@ def resolve_weights(uri: str, storage: StorageConfig | None = None) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"weights directory {path} does not exist")
         return path
-    target = CACHE_ROOT / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    remote = Storage(uri, storage or StorageConfig())
+    listing = remote.signature()
+    if not listing:
+        raise FileNotFoundError(f"no weights under {uri}")
+    # Keyed by the URI and every file's size and version: weights replaced at the same URI are fetched again.
+    target = CACHE_ROOT / hashlib.sha256(json.dumps([uri, listing]).encode()).hexdigest()[:16]
     if target.is_dir():
         return target
-    remote = Storage(uri, storage or StorageConfig())
-    files = remote.list()
-    if not files:
-        raise FileNotFoundError(f"no weights under {uri}")
+    files = list(listing)
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=CACHE_ROOT, prefix=".partial-"))
     try:
