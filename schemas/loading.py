@@ -1,0 +1,80 @@
+"""Typed configs of the training side of the data: 4M masking (`MaskingConfig`) and the token-shard loader
+(`LoaderConfig`). Both are sections of the train job's config; the loader and masking code take them as they are."""
+
+from __future__ import annotations
+
+import pydantic
+from pydantic import Field
+
+from schemas.config import ConfigModel
+from schemas.modalities import get_modality
+
+
+def _canonical_modalities(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    try:
+        canonical = tuple(get_modality(n).name for n in names)
+    except KeyError as exc:
+        raise ValueError(str(exc)) from None
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"modality listed twice: {list(names)}")
+    return canonical
+
+
+class MaskingConfig(ConfigModel):
+    """4M's multimodal masking: fixed input and target budgets split over a sample's modalities.
+
+    Per sample, two Dirichlet draws (one for the input budget, one for the target budget) weight the modalities the
+    sample has; `alpha` is the symmetric concentration (small: one modality takes most of a budget; large: even
+    splits), `alpha_overrides` raises or lowers single modalities (e.g. caption-biased mixes).
+    Sequence (autoregressive) modalities are span-masked T5-style: a fraction of their tokens, drawn uniformly in
+    `span_mask_ratio`, is cut into spans of mean length `span_mean_length`; each span becomes one sentinel in the
+    input and `sentinel tokens...` in the target run.
+    """
+
+    input_tokens: int = Field(default=256, ge=1, le=65_536)  # I: encoder slots per sample
+    target_tokens: int = Field(default=256, ge=1, le=65_536)  # T: decoder slots per sample
+    alpha: float = Field(default=1.0, gt=0)
+    alpha_overrides: dict[str, float] = Field(default_factory=dict)
+    span_mean_length: float = Field(default=3.0, ge=1.0)
+    span_mask_ratio: tuple[float, float] = (0.0, 1.0)
+
+    @pydantic.field_validator("alpha_overrides")
+    @classmethod
+    def _overrides(cls, overrides: dict[str, float]) -> dict[str, float]:
+        canonical = _canonical_modalities(list(overrides))
+        if any(v <= 0 for v in overrides.values()):
+            raise ValueError(f"Dirichlet concentrations must be positive, got {overrides}")
+        return dict(zip(canonical, overrides.values()))
+
+    @pydantic.field_validator("span_mask_ratio")
+    @classmethod
+    def _ratio(cls, ratio: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= ratio[0] <= ratio[1] <= 1.0:
+            raise ValueError(f"span_mask_ratio must be (low, high) with 0 <= low <= high <= 1, got {ratio}")
+        return ratio
+
+    def alpha_of(self, modality: str) -> float:
+        return self.alpha_overrides.get(modality, self.alpha)
+
+
+class LoaderConfig(ConfigModel):
+    """How one training worker streams its token shards (see pipeline/data/loader.py)."""
+
+    batch_size: int = Field(default=64, ge=1)
+    # Samples are shuffled within blocks of this many consecutive samples of the (per-epoch shuffled) shard stream.
+    shuffle_buffer: int = Field(default=1_024, ge=1)
+    seed: int = Field(default=0, ge=0)
+    # Modalities read (their tok_<modality> folders); empty = every modality of the run's ModalityTable.
+    modalities: tuple[str, ...] = ()
+    read_retries: int = Field(default=2, ge=0)  # extra attempts after a failed shard read
+    retry_backoff_s: float = Field(default=0.5, ge=0)  # wait before retry k: backoff * 2**k
+    # Compare each shard's sha256 with the manifest: a truncated or corrupted shard then fails loudly instead of
+    # feeding garbage. Costs one hash pass over the bytes read.
+    verify_checksums: bool = True
+    # Batches prepared ahead in a background thread, so shard reads (S3 latency above all) overlap the step.
+    prefetch_batches: int = Field(default=2, ge=0)
+
+    @pydantic.field_validator("modalities")
+    @classmethod
+    def _modalities(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return _canonical_modalities(names)
