@@ -1,0 +1,77 @@
+"""Every evaluation metric against values worked out by hand on small arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.eval import metrics
+
+
+def test_abs_rel_by_hand_skips_missing_depth():
+    pred = np.array([[1.0, 3.0], [2.0, 9.0]])
+    target = np.array([[2.0, 3.0], [4.0, 0.0]])  # 0 = no measurement: left out
+    # |1-2|/2 = 0.5, 0, |2-4|/4 = 0.5 -> mean 1/3
+    assert metrics.abs_rel(pred, target) == pytest.approx(1 / 3)
+
+
+def test_delta_accuracy_by_hand():
+    pred = np.array([1.0, 1.2, 2.0, 0.0, 5.0])
+    target = np.array([1.0, 1.0, 1.0, 1.0, 4.5])
+    # ratios 1, 1.2, 2, (pred 0: miss), 1.111 -> 3 of 5 below 1.25
+    assert metrics.delta_accuracy(pred, target) == pytest.approx(3 / 5)
+    assert metrics.delta_accuracy(pred, target, threshold=2.5) == pytest.approx(4 / 5)  # ratio 2 now counts
+
+
+def test_depth_metrics_refuse_empty_or_mismatched_input():
+    with pytest.raises(ValueError):
+        metrics.abs_rel(np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError):
+        metrics.abs_rel(np.ones(3), np.ones(4))
+
+
+def test_mean_iou_by_hand_with_ignore_index():
+    target = np.array([0, 0, 1, 1, 2, 255])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    # class 0: inter 1, union |{0,1,4}| = 3 -> 1/3; class 1: inter 2, union 3 -> 2/3; class 2: inter 0, union 1 -> 0
+    # class 3 absent from both: not averaged. The ignored pixel (pred 2) counts nowhere.
+    assert metrics.mean_iou(pred, target, num_classes=4) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert metrics.mean_iou(target[:5], target[:5], num_classes=4) == pytest.approx(1.0)
+
+
+def test_token_accuracy_with_mask():
+    pred = np.array([[1, 2, 3], [4, 5, 6]])
+    target = np.array([[1, 0, 3], [4, 5, 0]])
+    assert metrics.token_accuracy(pred, target) == pytest.approx(4 / 6)
+    mask = np.array([[True, True, False], [False, False, True]])
+    assert metrics.token_accuracy(pred, target, mask) == pytest.approx(1 / 3)
+
+
+def test_perplexity_by_hand():
+    # Uniform over 4 ids: perplexity 4 whatever the target.
+    assert metrics.perplexity(np.zeros((3, 4)), np.array([0, 1, 3])) == pytest.approx(4.0)
+    # log-probs log(0.5) and log(0.25) -> exp(-(ln .5 + ln .25) / 2) = sqrt(8)
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
+    assert metrics.perplexity(logits, np.array([0, 1])) == pytest.approx(math.sqrt(8))
+    assert metrics.perplexity(logits, np.array([0, 1]), mask=np.array([True, False])) == pytest.approx(2.0)
+
+
+def test_recall_at_k_by_hand():
+    queries = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    gallery = np.array([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0]])
+    # query 0 -> true row 0 (cos .995) but row 1 scores 1.0: rank 2; query 1 -> true row 1 (cos 0): rank 3;
+    # query 2 -> true row 2 (cos .707) ties row 1 (.707), below row 0 (.77): rank 3 (ties go against it)
+    assert metrics.recall_at_k(queries, gallery, 1) == pytest.approx(0.0)
+    assert metrics.recall_at_k(queries, gallery, 2) == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(queries, gallery, 3) == pytest.approx(1.0)
+    assert metrics.recall_at_k(np.eye(3), np.eye(3), 1) == pytest.approx(1.0)
+    # A constant embedding ties everything: no better than last place.
+    assert metrics.recall_at_k(np.ones((4, 2)), np.ones((4, 2)), 3) == pytest.approx(0.0)
+    assert metrics.chance_recall_at_k(10, 5) == pytest.approx(0.5)
+
+
+def test_classification_accuracy_and_majority():
+    assert metrics.classification_accuracy(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 2])) == pytest.approx(0.75)
+    assert metrics.majority_class(np.array([3, 1, 1, 3, 2])) == 1  # tie 1 vs 3: the smaller
