@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -218,3 +219,40 @@ def test_reads_from_s3(output, s3_bucket):
     loader = make_loader(remote.root, storage_config=storage_config, shuffle_buffer=4)
     local = make_loader(root, shuffle_buffer=4)
     assert [*loader.iter_keyed()][-1][0] == [*local.iter_keyed()][-1][0]  # same samples, same order
+
+
+def test_reads_what_the_real_tokenize_stage_writes(tmp_path, ray_session):
+    """Label + tokenize the sample corpus with the preprocess job itself, then load it: the loader's idea of the
+    output (manifest, report, row dtype and EOS) is the writer's."""
+    from pipeline.data.inspect import iter_members
+    from pipeline.data.masking import fill_spans
+    from pipeline.data.preprocess import run_preprocess
+    from pipeline.data.sample_corpus import write_corpus
+    from pipeline.tokenizers import train_wordpiece
+    from schemas.config import load_config
+    from schemas.corpus import SampleCorpusConfig
+    from schemas.preprocess import PreprocessConfig
+
+    write_corpus(SampleCorpusConfig(out=str(tmp_path / "corpus"), samples=24, image_size=48, samples_per_shard=8))
+    text = ("caption", "color_palette", "metadata")
+    config = load_config(PreprocessConfig, None, [f"input={tmp_path / 'corpus'}", f"output={tmp_path / 'out'}",
+                                                  "image.resolution=32", f"modalities=[rgb, {', '.join(text)}]"])
+    run_preprocess(config, log=lambda _: None)
+    storage = Storage(config.output, config.storage)
+    captions = [payload.decode() for _, payload in iter_members(storage, "caption")]
+    tokenizer_dir = train_wordpiece(captions, vocab_size=4700).save(tmp_path / "wordpiece")
+    run_preprocess(config.model_copy(update={"stages": ("tokenize",), "tokenizers": dict.fromkeys(text, str(
+        tokenizer_dir))}), log=lambda _: None)
+
+    table = modality_table_from_output(config.output, text)
+    masking = MaskingConfig(input_tokens=400, target_tokens=400)  # room for every run whole
+    loaders = [TokenShardLoader(config.output, table, masking, LoaderConfig(batch_size=4), rank, 2) for rank in (0, 1)]
+    seen = [[(keys, batch) for keys, batch in loader.iter_keyed()] for loader in loaders]
+    rows = {key: np.load(io.BytesIO(payload))[0] for key, payload in iter_members(storage, "tok_caption")}
+    assert {k for batches in seen for keys, _ in batches for k in keys} == set(rows)
+    caption = table.index("caption")
+    for keys, batch in seen[0]:
+        for row, key in enumerate(keys):
+            enc = batch["enc_tokens"][row][~batch["enc_pad"][row] & (batch["enc_modality"][row] == caption)]
+            dec = batch["dec_target"][row][~batch["dec_pad"][row] & (batch["dec_modality"][row] == caption)]
+            np.testing.assert_array_equal(fill_spans(enc, dec), rows[key][:-1])  # the stored row ends with EOS
