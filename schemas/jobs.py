@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import PurePath
 
 from schemas.config import ConfigModel
+from schemas.evaluate import EvaluateConfig
 from schemas.preprocess import PreprocessConfig
 from schemas.submit import SubmitConfig
 
 JOB_CONFIGS: dict[str, type[ConfigModel]] = {
     "preprocess": PreprocessConfig,
     "submit": SubmitConfig,
+    "evaluate": EvaluateConfig,
 }
 
 

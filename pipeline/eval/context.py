@@ -1,0 +1,109 @@
+"""What an eval task gets to work with: the model handle, tokenizers and its data, all loaded lazily on the worker.
+
+A task that needs no model (an external-data smoke test) never loads one; a task's split is read once per task.
+Samples are split into a fit set and a score set by a hash of their key, so the split is the same for every
+checkpoint and every task, and never depends on shard order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.inspect import iterate_shard, read_manifest
+from pipeline.data.loader import list_token_shards, read_token_shard
+from pipeline.data.storage import Storage
+from pipeline.eval.registry import ExternalDataset, Task, TokenSplit
+from schemas.evaluate import EvaluateConfig
+
+
+@dataclass
+class EvalSample:
+    """One sample of a token split: token rows per modality and the raw members of its aux folders."""
+
+    key: str
+    tokens: dict[str, np.ndarray]  # modality -> (n_crops, n) ids
+    aux: dict[str, dict[str, bytes]] = field(default_factory=dict)  # folder -> {ext: bytes}
+
+
+def in_score_set(key: str, test_fraction: float) -> bool:
+    """Deterministic split by key: the first 8 bytes of sha1(key) as a fraction of 2**64."""
+    digest = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
+    return digest / 2.0 ** 64 < test_fraction
+
+
+@dataclass
+class TaskContext:
+    task: Task
+    checkpoint: str | None
+    config: EvaluateConfig
+
+    @functools.cached_property
+    def model(self) -> Any:
+        """The checkpoint's model (eval mode, on the task's device), loaded on first use."""
+        if self.checkpoint is None:
+            raise ValueError(f"task {self.task.name!r} needs a model but no checkpoint was given")
+        from pipeline.eval.checkpoint import load_model
+
+        return load_model(self.checkpoint, self.config.storage)
+
+    def tokenizer(self, modality: str) -> Any:
+        from pipeline.tokenizers.base import load_tokenizer
+
+        directory = self.config.tokenizers.get(modality)
+        if directory is None:
+            raise ValueError(f"task {self.task.name!r} needs the {modality} tokenizer: set tokenizers.{modality} "
+                             f"in the evaluate config")
+        return load_tokenizer(directory)
+
+    @functools.cached_property
+    def storage(self) -> Storage:
+        if self.config.data is None:
+            raise ValueError(f"task {self.task.name!r} reads token shards: give --data (a preprocess output)")
+        return Storage(self.config.data, self.config.storage)
+
+    @functools.cached_property
+    def samples(self) -> list[EvalSample]:
+        """The task's token split, up to probe.max_samples samples in manifest order."""
+        split = self.task.data
+        if not isinstance(split, TokenSplit):
+            raise TypeError(f"task {self.task.name!r} reads no token split")
+        return read_split(self.storage, split, self.config.probe.max_samples)
+
+    def fit_and_score(self) -> tuple[list[EvalSample], list[EvalSample]]:
+        fraction = self.config.probe.test_fraction
+        score = [s for s in self.samples if in_score_set(s.key, fraction)]
+        fit = [s for s in self.samples if not in_score_set(s.key, fraction)]
+        if not fit or not score:
+            raise ValueError(f"task {self.task.name!r}: {len(self.samples)} samples leave an empty fit or score set")
+        return fit, score
+
+    def external(self) -> Any:
+        if not isinstance(self.task.data, ExternalDataset):
+            raise TypeError(f"task {self.task.name!r} has no external dataset")
+        return self.task.data.load()
+
+
+def read_split(storage: Storage, split: TokenSplit, max_samples: int) -> list[EvalSample]:
+    """Token rows of `split.modalities` plus the aux folders' members, shard by shard, keys aligned."""
+    aux_rows = {(row["folder"], row["shard"]): row for row in read_manifest(storage) if row["folder"] in split.aux}
+    samples: list[EvalSample] = []
+    for shard in list_token_shards(storage, list(split.modalities)):
+        aux_members = {}
+        for folder in split.aux:
+            row = aux_rows.get((folder, shard.shard))
+            if row is None:
+                raise ValueError(f"{storage.uri()}: shard {shard.shard} has no {folder}/ folder in the manifest")
+            aux_members[folder] = dict(iterate_shard(storage.read_bytes(row["uri"])))
+        for key, tokens in read_token_shard(storage, shard):
+            missing = [folder for folder in split.aux if key not in aux_members[folder]]
+            if missing:
+                raise ValueError(f"{storage.uri()}: sample {key} is missing from {missing}")
+            samples.append(EvalSample(key, tokens, {folder: aux_members[folder][key] for folder in split.aux}))
+            if len(samples) >= max_samples:
+                return samples
+    return samples

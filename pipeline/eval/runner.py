@@ -1,0 +1,110 @@
+"""Fan-out: every (checkpoint, task) pair is one Ray task with the task's own resources; rows gathered as they end.
+
+A task that raises is caught on its worker and comes back as a `failed` row carrying the error and traceback; a
+task whose worker dies comes back the same way from the driver. Either way the other tasks keep running, and the
+caller decides the exit code from the rows (`any_failed`).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import ray
+
+from pipeline.eval.registry import Task
+from schemas.evaluate import EvaluateConfig
+
+RESULT_COLUMNS = ("checkpoint", "step", "task", "metric", "value", "baseline", "higher_is_better", "head",
+                  "baseline_kind", "status", "seconds", "started_at", "finished_at", "node", "error", "traceback")
+
+
+def checkpoint_step(uri: str | None) -> int | None:
+    """Training step of a checkpoint, from the sidecar when the export records it, else the last number in its
+    final path component (`.../step-000200` -> 200); None when neither says."""
+    if uri is None:
+        return None
+    from pipeline.eval.checkpoint import read_step
+
+    return read_step(uri)
+
+
+def _row(task: Task, checkpoint: str | None, step: int | None, started: float, **fields) -> dict:
+    finished = time.time()
+    row = {"checkpoint": checkpoint or "", "step": step, "task": task.name, "head": task.head.value,
+           "baseline_kind": task.baseline, "started_at": started, "finished_at": finished,
+           "seconds": finished - started, "node": socket.gethostname(), "error": None, "traceback": None}
+    row.update(fields)
+    return row
+
+
+def evaluate_task(task: Task, checkpoint: str | None, config: EvaluateConfig) -> list[dict]:
+    """Run one task in this process: one `ok` row per metric, or one `failed` row with the traceback."""
+    from pipeline.eval.context import TaskContext
+
+    started = time.time()
+    step = None
+    try:
+        step = checkpoint_step(checkpoint)
+        scores = task.evaluate(TaskContext(task, checkpoint, config))
+        declared = {m.name for m in task.metrics}
+        returned = [s.metric for s in scores]
+        if sorted(returned) != sorted(declared):
+            raise RuntimeError(f"task {task.name!r} returned metrics {returned}, declared {sorted(declared)}")
+        rows = []
+        for score in scores:
+            rows.append(_row(task, checkpoint, step, started, metric=score.metric, value=float(score.value),
+                             baseline=float(score.baseline), status="ok",
+                             higher_is_better=task.metric(score.metric).higher_is_better))
+        return rows
+    except Exception as exc:  # any failure of the task is its result, never the job's crash
+        return [failed_row(task, checkpoint, step, started, f"{type(exc).__name__}: {exc}", traceback.format_exc())]
+
+
+def failed_row(task: Task, checkpoint: str | None, step: int | None, started: float, error: str,
+               trace: str) -> dict:
+    return _row(task, checkpoint, step, started, metric=task.metrics[0].name, value=math.nan, baseline=math.nan,
+                status="failed", higher_is_better=task.metrics[0].higher_is_better, error=error, traceback=trace)
+
+
+_evaluate_remote = ray.remote(max_retries=0)(evaluate_task)
+
+
+def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task], checkpoints: Sequence[str | None],
+                   progress: Callable[[str], None] = print) -> list[dict]:
+    """Submit every (checkpoint, task) at once; Ray runs as many side by side as the cluster's resources allow."""
+    if not ray.is_initialized():
+        raise RuntimeError("connect to Ray first (cluster.connect.connect)")
+    pending = {}
+    for checkpoint in checkpoints or [None]:
+        for task in tasks:
+            resources = config.resources_of(task.name, task.resources)
+            ref = _evaluate_remote.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                                           name=f"eval:{task.name}").remote(task, checkpoint, config)
+            pending[ref] = (task, checkpoint, time.time())
+    total, rows = len(pending), []
+    progress(f"evaluate: {total} task runs submitted ({len(tasks)} tasks x {len(checkpoints or [None])} checkpoints)")
+    waiting = list(pending)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        for ref in done:
+            task, checkpoint, submitted = pending[ref]
+            try:
+                task_rows = ray.get(ref)
+            except Exception as exc:  # the worker itself died (OOM kill, lost node): still one row for the task
+                task_rows = [failed_row(task, checkpoint, None, submitted, f"{type(exc).__name__}: {exc}",
+                                        traceback.format_exc())]
+            rows.extend(task_rows)
+            status = task_rows[0]["status"]
+            detail = ", ".join(f"{r['metric']}={r['value']:.4g} (baseline {r['baseline']:.4g})"
+                               for r in task_rows if r["status"] == "ok") or task_rows[0]["error"]
+            progress(f"[{total - len(waiting)}/{total}] {task.name} @ {checkpoint or '-'}: {status} "
+                     f"in {task_rows[0]['seconds']:.1f}s: {detail}")
+    return rows
+
+
+def any_failed(rows: Sequence[dict]) -> bool:
+    return any(row["status"] != "ok" for row in rows)
