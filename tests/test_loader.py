@@ -256,3 +256,15 @@ def test_reads_what_the_real_tokenize_stage_writes(tmp_path, ray_session):
             enc = batch["enc_tokens"][row][~batch["enc_pad"][row] & (batch["enc_modality"][row] == caption)]
             dec = batch["dec_target"][row][~batch["dec_pad"][row] & (batch["dec_modality"][row] == caption)]
             np.testing.assert_array_equal(fill_spans(enc, dec), rows[key][:-1])  # the stored row ends with EOS
+
+
+def test_npy_decoding_matches_numpy():
+    from pipeline.data.loader import decode_npy
+
+    arrays = [np.arange(197, dtype=np.int16)[None], np.arange(12, dtype=np.int32).reshape(3, 4),
+              np.asfortranarray(np.arange(12).reshape(3, 4)), np.zeros((1, 0), np.int16)]
+    for array in arrays * 2:  # the second round decodes from the cached headers
+        decoded = decode_npy(encode_npy(array))
+        assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
+    with pytest.raises(ValueError):
+        decode_npy(encode_npy(arrays[0])[:-8])  # a truncated member
