@@ -65,7 +65,8 @@ def test_budgets_are_exact_and_input_and_target_are_disjoint():
 def test_a_sample_with_too_few_tokens_gives_all_it_has_and_pads_the_rest():
     table = table_of(rgb=16, caption=None)
     rng = np.random.default_rng(2)
-    batch = Masker(table, MaskingConfig(input_tokens=12, target_tokens=12)).batch([{"rgb": rng.integers(0, 99, 16)}], rng)
+    masker = Masker(table, MaskingConfig(input_tokens=12, target_tokens=12))
+    batch = masker.batch([{"rgb": rng.integers(0, 99, 16)}], rng)
     assert (~batch["enc_pad"][0]).sum() == 12 and (~batch["dec_pad"][0]).sum() == 4
     assert set(batch["enc_modality"][0][~batch["enc_pad"][0]]) == {table.index("rgb")}
 
