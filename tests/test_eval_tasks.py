@@ -1,0 +1,146 @@
+"""Built-in eval tasks and their parts: eval batches packed the way the training masker packs a fully masked
+target, probe heads, and the token-split data access on a real preprocess output of the sample corpus."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import ray
+
+from pipeline.data.masking import fill_spans
+from pipeline.eval.batches import pack
+from pipeline.eval.context import TaskContext, in_score_set, read_split
+from pipeline.eval.heads import fit_probe
+from pipeline.eval.metrics import classification_accuracy
+from pipeline.eval.registry import ExternalDataset, HeadKind, TokenSplit, all_tasks, get_task
+from pipeline.eval.tasks.probes import ANNOTATIONS, labelled, largest_shape, object_count
+from schemas.batch import ModalitySpec, ModalityTable
+from schemas.evaluate import EvaluateConfig, ProbeConfig
+
+
+def test_pack_shows_all_inputs_and_the_whole_target_like_the_masker():
+    table = ModalityTable.of([ModalitySpec.from_registry("rgb", 4), ModalitySpec.from_registry("caption", 12)])
+    caption_row = np.array([[400, 401, 402, 3]])  # stored rows end with EOS (id 3); ids 4-203 are sentinels
+    rows = [{"rgb": np.array([[5, 6, 7, 8]]), "caption": caption_row},
+            {"rgb": np.array([[9, 9, 9, 9]]), "caption": np.array([[500, 3]])}]
+    batch = pack(table, rows, ["rgb"], "caption")
+    rgb, caption = table.index("rgb"), table.index("caption")
+    enc_rgb = batch["enc_tokens"][0][(batch["enc_modality"][0] == rgb) & ~batch["enc_pad"][0]]
+    np.testing.assert_array_equal(enc_rgb, [5, 6, 7, 8])
+    np.testing.assert_array_equal(batch["enc_position"][0][:4], np.arange(4))
+    # The caption is one fully masked span: its input is one sentinel, its target run the whole text then EOS;
+    # the masker's own inverse rebuilds the stored text from the two.
+    enc_caption = batch["enc_tokens"][0][(batch["enc_modality"][0] == caption) & ~batch["enc_pad"][0]]
+    dec = batch["dec_target"][0][~batch["dec_pad"][0]]
+    np.testing.assert_array_equal(fill_spans(enc_caption, dec), caption_row[0, :-1])
+    assert dec[-1] == 3 and batch["dec_causal"][0][~batch["dec_pad"][0]].all()
+    np.testing.assert_array_equal(batch["dec_input"][0][1:len(dec)], dec[:-1])  # teacher forcing: shifted right
+    assert batch["dec_pad"][1].sum() == batch["dec_pad"].shape[1] - 3  # S_0, 500, EOS; the rest padding
+    # A grid target: every position, decoder inputs unused.
+    grid = pack(table, rows, ["caption"], "rgb")
+    np.testing.assert_array_equal(grid["dec_target"][1], [9, 9, 9, 9])
+    assert not grid["dec_causal"].any() and not grid["dec_pad"].any()
+
+
+def test_probes_fit_what_their_head_can_separate():
+    rng = np.random.default_rng(0)
+    config = ProbeConfig(steps=200)
+    # Linear: three Gaussian blobs in 16-d.
+    centres = rng.normal(size=(3, 16)) * 3
+    y = rng.integers(0, 3, 300)
+    x = centres[y] + rng.normal(size=(300, 16))
+    predict = fit_probe(x[:200], y[:200], HeadKind.LINEAR_PROBE, config)
+    assert classification_accuracy(predict(x[200:]), y[200:]) > 0.9
+    # XOR of two coordinates: no linear probe beats chance by much, a small MLP does.
+    x = rng.uniform(-1, 1, size=(600, 2))
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)
+    linear = classification_accuracy(fit_probe(x[:400], y[:400], HeadKind.LINEAR_PROBE, config)(x[400:]), y[400:])
+    mlp = classification_accuracy(fit_probe(x[:400], y[:400], HeadKind.MLP_PROBE, config)(x[400:]), y[400:])
+    assert linear < 0.7 < 0.9 < mlp
+    with pytest.raises(ValueError):
+        fit_probe(x, y, HeadKind.DECODER, config)
+
+
+def test_builtin_tasks_are_declared_and_ship_to_workers():
+    tasks = all_tasks()
+    assert {"object_count", "largest_shape", "retrieval_rgb_to_caption"} <= {t.name for t in tasks}
+    for task in tasks:
+        assert isinstance(task.data, TokenSplit | ExternalDataset) and task.metrics
+        clone = ray.cloudpickle.loads(ray.cloudpickle.dumps(task))  # what the runner sends to a Ray worker
+        assert clone.name == task.name and clone.metrics == task.metrics
+
+
+@pytest.fixture(scope="module")
+def sample_output(tmp_path_factory, ray_session):
+    """The sample corpus through the real preprocess job: label shards with annotations, captions tokenized."""
+    from pipeline.data.inspect import iter_members
+    from pipeline.data.preprocess import run_preprocess
+    from pipeline.data.sample_corpus import write_corpus
+    from pipeline.data.storage import Storage
+    from pipeline.tokenizers import train_wordpiece
+    from schemas.config import load_config
+    from schemas.corpus import SampleCorpusConfig
+    from schemas.preprocess import PreprocessConfig
+
+    root = tmp_path_factory.mktemp("eval-sample")
+    write_corpus(SampleCorpusConfig(out=str(root / "corpus"), samples=24, image_size=48, samples_per_shard=8))
+    config = load_config(PreprocessConfig, None, [f"input={root / 'corpus'}", f"output={root / 'out'}",
+                                                  "image.resolution=32", "modalities=[rgb, caption]"])
+    run_preprocess(config, log=lambda _: None)
+    captions = [payload.decode() for _, payload in iter_members(Storage(config.output, config.storage), "caption")]
+    tokenizer_dir = train_wordpiece(captions, vocab_size=4700).save(root / "wordpiece")
+    run_preprocess(config.model_copy(update={"stages": ("tokenize",), "tokenizers": {"caption": str(tokenizer_dir)}}),
+                   log=lambda _: None)
+    return root
+
+
+def _raw_annotations(corpus) -> dict[str, dict]:
+    raw = {}
+    for path in sorted(corpus.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    raw[member.name[:-len(".json")]] = json.load(tar.extractfile(member))
+    return raw
+
+
+def test_token_split_reads_tokens_with_their_ground_truth(sample_output):
+    from pipeline.data.storage import Storage
+    from schemas.preprocess import StorageConfig
+
+    storage = Storage(str(sample_output / "out"), StorageConfig())
+    samples = read_split(storage, TokenSplit(("caption",), (ANNOTATIONS,)), max_samples=1000)
+    raw = _raw_annotations(sample_output / "corpus")
+    assert len(samples) == 24 and {s.key for s in samples} <= set(raw)
+    for sample in samples:
+        assert sample.tokens["caption"].ndim == 2 and sample.tokens["caption"].shape[0] == 1
+        truth = raw[sample.key]
+        assert json.loads(sample.aux[ANNOTATIONS]["json"]) == truth
+    scenes, counts = labelled(samples, object_count)
+    assert [len(raw[s.key]["objects"]) for s in scenes] == counts.tolist()
+    assert all(raw[s.key]["kind"] == "scene" for s in scenes) and len(scenes) < len(samples)  # photos dropped
+    _, shapes = labelled(samples, largest_shape)
+    assert set(shapes.tolist()) <= set(range(1, 6))  # shape ids: background is 0, never the largest object
+    assert len(read_split(storage, TokenSplit(("caption",)), max_samples=5)) == 5
+
+
+def test_fit_and_score_split_by_key(sample_output):
+    config = EvaluateConfig(data=str(sample_output / "out"), probe=ProbeConfig(test_fraction=0.3))
+    context = TaskContext(get_task("object_count"), None, config)
+    context.__dict__["samples"] = read_split(context.storage, TokenSplit(("caption",), (ANNOTATIONS,)), 1000)
+    fit, score = context.fit_and_score()
+    assert fit and score and len(fit) + len(score) == 24
+    assert all(in_score_set(s.key, 0.3) for s in score) and not any(in_score_set(s.key, 0.3) for s in fit)
+    with pytest.raises(ValueError, match="needs a model but no checkpoint"):
+        context.model  # noqa: B018
+
+
+def test_in_score_set_is_a_fraction_of_keys():
+    keys = [f"sample_{i:06d}" for i in range(4000)]
+    share = np.mean([in_score_set(k, 0.25) for k in keys])
+    assert 0.22 < share < 0.28
+    assert pickle.loads(pickle.dumps(EvaluateConfig())) == EvaluateConfig()
