@@ -38,6 +38,7 @@ from schemas.modalities import TokenizerFamily, get_modality
 _RESERVED = special_tokens()
 PAD_ID, SOS_ID, EOS_ID = (_RESERVED.index(t) for t in (PAD, SOS, EOS))
 _SENTINELS = [_RESERVED.index(sentinel_token(i)) for i in range(NUM_SENTINELS)]
+SENTINEL_IDS = tuple(_SENTINELS)  # S_0 .. S_199, in span order
 _SENTINEL_SET = frozenset(_SENTINELS)
 
 
