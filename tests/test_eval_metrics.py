@@ -75,3 +75,16 @@ def test_recall_at_k_by_hand():
 def test_classification_accuracy_and_majority():
     assert metrics.classification_accuracy(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 2])) == pytest.approx(0.75)
     assert metrics.majority_class(np.array([3, 1, 1, 3, 2])) == 1  # tie 1 vs 3: the smaller
+
+
+def test_baselines_by_hand():
+    from pipeline.eval import baselines
+
+    assert baselines.mean_value([np.array([1.0, 3.0]), np.array([0.0, 5.0])]) == pytest.approx(3.0)  # 0 = missing
+    assert baselines.majority_value([np.array([[2, 2], [1, 255]]), np.array([1, 1])], ignore_index=255) == 1
+    maps = baselines.constant_maps(2.5, [np.zeros((2, 3))])
+    assert maps[0].shape == (2, 3) and (maps[0] == 2.5).all()
+    # Fit tokens: 0 x3, 1 x1 over V = 3 -> smoothed counts 4, 2, 1 (of 7). Score tokens [0, 2]:
+    # accuracy 1/2 (always 0); perplexity exp(-(ln 4/7 + ln 1/7) / 2) = 7 / 2
+    accuracy, ppl = baselines.unigram_scores([np.array([0, 0, 1]), np.array([0])], [np.array([0, 2])], 3)
+    assert accuracy == pytest.approx(0.5) and ppl == pytest.approx(3.5)
