@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.data.masking import EOS_ID, SOS_ID, _SENTINELS, empty_batch
+from pipeline.data.masking import EOS_ID, SENTINEL_IDS, SOS_ID, empty_batch
 from schemas.batch import ModalityTable
 
 Row = Mapping[str, np.ndarray]  # modality -> 1-D token ids of one sample
@@ -28,7 +28,7 @@ def _content(row: np.ndarray, autoregressive: bool) -> np.ndarray:
 def _input_run(table: ModalityTable, modality: str, row: np.ndarray, fully_masked: bool) -> np.ndarray:
     spec = table[modality]
     if fully_masked:  # a target sequence appears in the input as the one sentinel standing for its whole run
-        return np.array([_SENTINELS[0]], np.int64)
+        return np.array([SENTINEL_IDS[0]], np.int64)
     return _content(row, spec.autoregressive)[:spec.max_tokens]
 
 
@@ -38,7 +38,7 @@ def _target_run(table: ModalityTable, modality: str, row: np.ndarray) -> tuple[n
     if not spec.autoregressive:
         ids = np.asarray(row, np.int64).reshape(-1)[:spec.max_tokens]
         return ids, np.zeros_like(ids)
-    run = np.concatenate([[_SENTINELS[0]], _content(row, True), [EOS_ID]])[:spec.max_tokens]
+    run = np.concatenate([[SENTINEL_IDS[0]], _content(row, True), [EOS_ID]])[:spec.max_tokens]
     return run, np.concatenate([[SOS_ID], run[:-1]])
 
 
