@@ -87,6 +87,8 @@ def bar_chart(rows: Sequence[dict]) -> bytes:
         arrow = "higher" if row["higher_is_better"] else "lower"
         axis.set_title(f"{row['task']}\n{row['metric']} ({arrow} is better)", fontsize=8)
         axis.tick_params(labelsize=7)
+    if latest is not None:
+        figure.suptitle(f"{latest['checkpoint'] or 'no checkpoint'}: model vs trivial baseline", fontsize=9)
     return _png(figure)
 
 
