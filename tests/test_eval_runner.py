@@ -30,10 +30,15 @@ def _deliberately_failing(ctx) -> list[Score]:
     raise ValueError("deliberate failure for the test")
 
 
+def _assigned_cpus(ctx) -> list[Score]:
+    return [Score("seconds_slept", ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0), 0.0)]
+
+
 TEST_TASKS = {
     "test_sleepy_a": _sleepy,
     "test_sleepy_b": _sleepy,
     "test_failing": _deliberately_failing,
+    "test_resources": _assigned_cpus,
 }
 
 
@@ -51,19 +56,22 @@ def test_tasks():
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
-def _run(address: str, tasks: str, out, checkpoints: str | None = None) -> int:
+def _run(address: str, tasks: str, out, checkpoints: str | None = None, overrides: tuple[str, ...] = ()) -> int:
     argv = ["--tasks", tasks, "--out", str(out), "--address", address]
+    argv += [arg for override in overrides for arg in ("--set", override)]
     return evaluate_job.main(argv + (["--checkpoint", checkpoints] if checkpoints else []))
 
 
 def test_tasks_overlap_and_a_failure_is_reported(ray_session, test_tasks, tmp_path, capsys):
     address = ray.get_runtime_context().gcs_address
-    code = _run(address, "test_sleepy_a,test_sleepy_b,test_failing", tmp_path)
+    code = _run(address, "test_sleepy_a,test_sleepy_b,test_failing,test_resources", tmp_path,
+                overrides=("resources.test_resources.num_cpus=0.5",))
     assert code == 1  # one task failed
 
     rows = pq.read_table(tmp_path / "results.parquet").to_pylist()
     by_task = {row["task"]: row for row in rows}
     assert set(by_task) == set(TEST_TASKS)
+    assert by_task["test_resources"]["value"] == pytest.approx(0.5)  # the config's per-task resources reached Ray
     a, b = by_task["test_sleepy_a"], by_task["test_sleepy_b"]
     assert a["status"] == b["status"] == "ok" and a["value"] == pytest.approx(SLEEP_S)
     # The two sleepy tasks ran at the same time: each started before the other finished.
