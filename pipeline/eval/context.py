@@ -49,7 +49,15 @@ class TaskContext:
             raise ValueError(f"task {self.task.name!r} needs a model but no checkpoint was given")
         from pipeline.eval.checkpoint import load_model
 
-        return load_model(self.checkpoint, self.config.storage)
+        return load_model(self.checkpoint, self.config.storage, self.device)
+
+    @property
+    def device(self) -> str:
+        """'cuda' when the task reserved a GPU (Ray then sets CUDA_VISIBLE_DEVICES to it), else 'cpu'."""
+        import torch
+
+        wants_gpu = self.config.resources_of(self.task.name, self.task.resources).num_gpus > 0
+        return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
     def tokenizer(self, modality: str) -> Any:
         from pipeline.tokenizers.base import load_tokenizer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from schemas.evaluate import TaskResources
@@ -70,7 +70,7 @@ class Task:
     metrics: tuple[Metric, ...]
     baseline: str  # what the trivial baseline is: "majority class", "mean depth", "chance", ...
     evaluate: Callable[[TaskContext], list[Score]]
-    resources: TaskResources = field(default_factory=TaskResources)
+    resources: TaskResources | None = None  # None: the job config's default_resources
     description: str = ""
 
     def __post_init__(self) -> None:
