@@ -32,11 +32,19 @@ def checkpoint_step(uri: str | None) -> int | None:
     return read_step(uri)
 
 
+def _node() -> str:
+    """The Ray node that ran the task (host names repeat on a local multi-node cluster; node ids do not)."""
+    try:
+        return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:  # not inside Ray (a task evaluated in-process)
+        return socket.gethostname()
+
+
 def _row(task: Task, checkpoint: str | None, step: int | None, started: float, **fields) -> dict:
     finished = time.time()
     row = {"checkpoint": checkpoint or "", "step": step, "task": task.name, "head": task.head.value,
            "baseline_kind": task.baseline, "started_at": started, "finished_at": finished,
-           "seconds": finished - started, "node": socket.gethostname(), "error": None, "traceback": None}
+           "seconds": finished - started, "node": _node(), "error": None, "traceback": None}
     row.update(fields)
     return row
 
