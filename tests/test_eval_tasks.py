@@ -76,7 +76,8 @@ def test_builtin_tasks_are_declared_and_ship_to_workers():
 
 @pytest.fixture(scope="module")
 def sample_output(tmp_path_factory, ray_session):
-    """The sample corpus through the real preprocess job: label shards with annotations, captions tokenized."""
+    """The sample corpus through the real preprocess job: label shards with annotations and the corpus's own depth
+    and semseg maps, captions tokenized."""
     from pipeline.data.inspect import iter_members
     from pipeline.data.preprocess import run_preprocess
     from pipeline.data.sample_corpus import write_corpus
@@ -89,7 +90,9 @@ def sample_output(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("eval-sample")
     write_corpus(SampleCorpusConfig(out=str(root / "corpus"), samples=24, image_size=48, samples_per_shard=8))
     config = load_config(PreprocessConfig, None, [f"input={root / 'corpus'}", f"output={root / 'out'}",
-                                                  "image.resolution=32", "modalities=[rgb, caption]"])
+                                                  "image.resolution=32", "modalities=[rgb, caption, depth, semseg]",
+                                                  "labelers.depth.source=ground_truth",
+                                                  "labelers.semseg.source=ground_truth"])
     run_preprocess(config, log=lambda _: None)
     captions = [payload.decode() for _, payload in iter_members(Storage(config.output, config.storage), "caption")]
     tokenizer_dir = train_wordpiece(captions, vocab_size=4700).save(root / "wordpiece")
@@ -115,14 +118,17 @@ def test_token_split_reads_tokens_with_their_ground_truth(sample_output):
     storage = Storage(str(sample_output / "out"), StorageConfig())
     samples = read_split(storage, TokenSplit(("caption",), (ANNOTATIONS,)), max_samples=1000)
     raw = _raw_annotations(sample_output / "corpus")
-    assert len(samples) == 24 and {s.key for s in samples} <= set(raw)
+    # Photos carry no depth/semseg maps, so preprocess quarantines them when those are ground-truth modalities.
+    scenes_in_corpus = {key for key, sample in raw.items() if sample["kind"] == "scene"}
+    assert {s.key for s in samples} == scenes_in_corpus and len(samples) == len(scenes_in_corpus) > 12
     for sample in samples:
         assert sample.tokens["caption"].ndim == 2 and sample.tokens["caption"].shape[0] == 1
         truth = raw[sample.key]
         assert json.loads(sample.aux[ANNOTATIONS]["json"]) == truth
     scenes, counts = labelled(samples, object_count)
     assert [len(raw[s.key]["objects"]) for s in scenes] == counts.tolist()
-    assert all(raw[s.key]["kind"] == "scene" for s in scenes) and len(scenes) < len(samples)  # photos dropped
+    assert len(scenes) == len(samples)
+    assert object_count({"kind": "photo", "key": "p"}) is None and largest_shape({"kind": "photo"}) is None
     _, shapes = labelled(samples, largest_shape)
     assert set(shapes.tolist()) <= set(range(1, 6))  # shape ids: background is 0, never the largest object
     assert len(read_split(storage, TokenSplit(("caption",)), max_samples=5)) == 5
@@ -133,7 +139,7 @@ def test_fit_and_score_split_by_key(sample_output):
     context = TaskContext(get_task("object_count"), None, config)
     context.__dict__["samples"] = read_split(context.storage, TokenSplit(("caption",), (ANNOTATIONS,)), 1000)
     fit, score = context.fit_and_score()
-    assert fit and score and len(fit) + len(score) == 24
+    assert fit and score and len(fit) + len(score) == len(context.samples)
     assert all(in_score_set(s.key, 0.3) for s in score) and not any(in_score_set(s.key, 0.3) for s in fit)
     with pytest.raises(ValueError, match="needs a model but no checkpoint"):
         context.model  # noqa: B018
@@ -144,3 +150,26 @@ def test_in_score_set_is_a_fraction_of_keys():
     share = np.mean([in_score_set(k, 0.25) for k in keys])
     assert 0.22 < share < 0.28
     assert pickle.loads(pickle.dumps(EvaluateConfig())) == EvaluateConfig()
+
+
+def test_dense_ground_truth_is_scored_against_its_baseline(sample_output):
+    from pipeline.data.storage import Storage
+    from pipeline.eval.tasks.decoding import read_label, resize_to, score_maps
+    from schemas.preprocess import StorageConfig
+
+    storage = Storage(str(sample_output / "out"), StorageConfig())
+    samples = read_split(storage, TokenSplit(("caption",), ("depth", "semseg")), max_samples=1000)
+    half = len(samples) // 2
+    depth = [read_label(s, "depth") for s in samples]
+    semseg = [read_label(s, "semseg") for s in samples]
+    assert all(d.shape == (32, 32) and d.dtype.kind == "f" and (d > 0).any() for d in depth)
+    assert all(m.shape == (32, 32) and m.dtype.kind in "ui" for m in semseg)
+    # The truth itself is perfect; the mean-depth and majority-class baselines are not (and are finite).
+    value, baseline = score_maps(depth[half:], depth[half:], depth[:half], categorical=False)
+    assert value == {"abs_rel": 0.0, "delta1": 1.0}
+    assert 0 < baseline["abs_rel"] < 10 and 0 <= baseline["delta1"] < 1
+    value, baseline = score_maps(semseg[half:], semseg[half:], semseg[:half], categorical=True)
+    assert value["miou"] == pytest.approx(1.0) and 0 < baseline["miou"] < 0.5
+    # Predictions at another resolution are brought to the label's: class ids stay class ids.
+    small = resize_to(semseg[0][::2, ::2], semseg[0].shape, categorical=True)
+    assert small.shape == (32, 32) and set(np.unique(small)) <= set(np.unique(semseg[0]))
