@@ -1,0 +1,219 @@
+"""Loader throughput versus the training step it feeds, on this machine's CPU.
+
+    python bench/loader.py [--samples 2048] [--tiny-batch 64] [--b-batch 4] [--steps 3]
+
+Writes a synthetic token output at 224 px shapes (rgb, depth, semseg, canny_edge: 14x14 = 196 tokens;
+dinov2_global: 16; caption, metadata, color_palette: WordPiece runs ending in EOS) with the project's own shard
+writers, then times
+  - the loader (`TokenShardLoader`, one rank, prefetch off so it is the loader's own cost): batches/s from local
+    shards, and how much of it is masking + packing alone;
+  - a training step (forward + backward + AdamW) of the `tiny` and `B` models on batches of the same shape.
+The verdict is loader batches/s over step batches/s at each model's batch size (target >= 3x). Prints tables; copy
+them into BENCHMARKS.md with the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.data.encoding import encode_npy
+from pipeline.data.loader import TokenShardLoader, modality_table_from_output, read_token_shard, to_torch
+from pipeline.data.masking import EOS_ID, Masker
+from pipeline.data.storage import Storage
+from pipeline.data.tar_io import tar_bytes
+from schemas.batch import ModalityTable
+from schemas.loading import LoaderConfig, MaskingConfig
+from schemas.modalities import get_modality
+from schemas.preprocess import StorageConfig
+from schemas.shards import (
+    MANIFEST_FILE,
+    REPORT_FILE,
+    ManifestRow,
+    manifest_table,
+    member_name,
+    shard_relpath,
+    token_folder,
+)
+
+MODALITIES = ("rgb", "depth", "semseg", "canny_edge", "dinov2_global", "caption", "metadata", "color_palette")
+GRID_TOKENS = 196  # 224 px, patch 16
+SEQUENCE_LENGTHS = {"caption": (8, 60), "metadata": (30, 40), "color_palette": (10, 23)}
+MASKING = MaskingConfig(input_tokens=256, target_tokens=256)  # the 4M recipe's budgets
+
+
+def token_row(modality: str, rng: np.random.Generator) -> np.ndarray:
+    spec = get_modality(modality)
+    if modality in SEQUENCE_LENGTHS:
+        row = np.append(rng.integers(204, 4700, int(rng.integers(*SEQUENCE_LENGTHS[modality]))), EOS_ID)
+    else:
+        row = rng.integers(0, spec.vocab_size, spec.num_tokens if spec.num_tokens <= 16 else GRID_TOKENS)
+    return row.astype(spec.token_dtype)[None, :]
+
+
+def write_synthetic_output(root: Path, samples: int, samples_per_shard: int) -> None:
+    """tok_<modality> shards, manifest.parquet and report.json as the tokenize stage writes them."""
+    storage = Storage(str(root), StorageConfig())
+    rng = np.random.default_rng(0)
+    rows, longest = [], {}
+    for shard, start in enumerate(range(0, samples, samples_per_shard)):
+        keys = [f"b{i:08d}" for i in range(start, min(start + samples_per_shard, samples))]
+        for modality in MODALITIES:
+            arrays = [token_row(modality, rng) for _ in keys]
+            payload = tar_bytes((member_name(k, "npy"), encode_npy(a)) for k, a in zip(keys, arrays))
+            relpath = shard_relpath(token_folder(modality), shard)
+            storage.write_atomic(relpath, payload)
+            rows.append(ManifestRow(folder=token_folder(modality), modality=modality, shard=shard, uri=relpath,
+                                    samples=len(keys), bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+                                    source_units=(), token_count=sum(a.size for a in arrays), tokenizer_id="bench"))
+            folder = token_folder(modality)
+            longest[folder] = max(longest.get(folder, 0), *(a.shape[1] for a in arrays))
+    pq.write_table(manifest_table(rows), str(root / MANIFEST_FILE))
+    (root / REPORT_FILE).write_text(json.dumps({"tokens": {f: {"longest": n} for f, n in longest.items()}}))
+
+
+def time_loader(root: Path, table: ModalityTable, batch_size: int) -> dict:
+    """Seconds per batch over one whole epoch (every shard read, decoded, shuffled, masked and packed), and of
+    masking + packing alone."""
+    config = LoaderConfig(batch_size=batch_size, shuffle_buffer=1024, prefetch_batches=0)
+    loader = TokenShardLoader(str(root), table, MASKING, config)
+    started = time.perf_counter()
+    count = sum(1 for _ in loader)
+    seconds = (time.perf_counter() - started) / count
+    samples = [{name: array[0] for name, array in rows.items()}
+               for _, rows in read_token_shard(loader.storage, loader.shards[0])[:batch_size]]
+    masker, rng = Masker(table, MASKING), np.random.default_rng(0)
+    started = time.perf_counter()
+    for _ in range(10):
+        masker.batch(samples, rng)
+    return {"loader_s": seconds, "mask_s": (time.perf_counter() - started) / 10, "batches": count}
+
+
+# Used only while pipeline/model is not there yet (it is being written beside this bench): an encoder-decoder of
+# the same shapes as 4M's (width, blocks, heads; MLP 4x; per-modality embeddings and heads; logits only for the
+# slots of each modality), built from torch.nn layers. The table says which model was timed.
+STAND_IN_SIZES = {"tiny": (128, 2, 2, 4), "B": (768, 12, 12, 12)}  # width, encoder, decoder blocks, heads
+
+
+def stand_in_model(size: str, table: ModalityTable):
+    import torch
+    from torch import nn
+
+    width, encoder_depth, decoder_depth, heads = STAND_IN_SIZES[size]
+
+    class StandIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.ModuleList(nn.Embedding(s.vocab_size, width) for s in table.specs)
+            self.heads = nn.ModuleList(nn.Linear(width, s.vocab_size, bias=False) for s in table.specs)
+            self.modality = nn.Embedding(len(table), width)
+            self.position = nn.Embedding(max(s.max_tokens for s in table.specs) + 2, width)
+            self.mask = nn.Parameter(torch.zeros(width))
+            layer = dict(d_model=width, nhead=heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True,
+                         norm_first=True)
+            self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), encoder_depth)
+            self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), decoder_depth)
+
+        def tokens(self, ids, modality):
+            out = torch.zeros(*ids.shape, width)
+            for index, embed in enumerate(self.embed):
+                where = modality == index
+                out[where] = embed(ids[where])
+            return out
+
+        def forward(self, enc_tokens, enc_modality, enc_position, enc_pad, dec_input, dec_target, dec_modality,
+                    dec_position, dec_causal, dec_pad):
+            x = self.tokens(enc_tokens, enc_modality) + self.modality(enc_modality) + self.position(enc_position)
+            memory = self.encoder(x, src_key_padding_mask=enc_pad)
+            fed = torch.where(dec_causal[..., None], self.tokens(dec_input, dec_modality), self.mask)
+            y = fed + self.modality(dec_modality) + self.position(dec_position)
+            y = self.decoder(y, memory, tgt_key_padding_mask=dec_pad, memory_key_padding_mask=enc_pad)
+            losses = []
+            for index, head in enumerate(self.heads):
+                where = (dec_modality == index) & ~dec_pad
+                if where.any():
+                    losses.append(nn.functional.cross_entropy(head(y[where]), dec_target[where]))
+            return torch.stack(losses).mean()
+
+    return StandIn()
+
+
+def time_step(size: str, table: ModalityTable, batch: dict, steps: int) -> dict:
+    """Seconds per forward + backward + AdamW step of the model of `size` on `batch` (median of `steps`)."""
+    import torch
+
+    torch.manual_seed(0)
+    model, which = stand_in_model(size, table), "stand-in"
+    # foreach=False: no per-step copies of the whole parameter set, which B cannot afford on this machine
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, foreach=False)
+    tensors = to_torch(batch)
+    times = []
+    for _ in range(steps + 1):  # the first step allocates the optimizer state: not counted
+        started = time.perf_counter()
+        loss = model(**tensors)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return {"step_s": float(np.median(times[1:])), "params": sum(p.numel() for p in model.parameters()),
+            "model": which}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--samples-per-shard", type=int, default=256)
+    parser.add_argument("--tiny-batch", type=int, default=64)
+    parser.add_argument("--b-batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--skip-b", action="store_true", help="time only the tiny model's step")
+    # B's per-modality embeddings and heads over all eight vocabularies would put AdamW's state above 6 GB; the B
+    # row reads and trains on these three (both loader and step), which keeps the process near 4 GB.
+    parser.add_argument("--b-modalities", default="rgb,depth,caption")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; I = T = {MASKING.input_tokens}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        write_synthetic_output(root, args.samples, args.samples_per_shard)
+        size_mb = sum(p.stat().st_size for p in root.rglob("*.tar")) / 1e6
+        print(f"wrote {args.samples} samples x {len(MODALITIES)} modalities ({size_mb:.1f} MB) in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        rows = []
+        for size, batch_size, modalities in (("tiny", args.tiny_batch, MODALITIES),
+                                             ("B", args.b_batch, tuple(args.b_modalities.split(",")))):
+            if size == "B" and args.skip_b:
+                continue
+            table = modality_table_from_output(str(root), modalities)
+            loader = time_loader(root, table, batch_size)
+            print(f"loader at batch {batch_size}: {loader['loader_s'] * 1e3:.1f} ms/batch over {loader['batches']} "
+                  f"batches (masking + packing {loader['mask_s'] * 1e3:.1f} ms)", flush=True)
+            batch = next(iter(TokenShardLoader(str(root), table, MASKING, LoaderConfig(batch_size=batch_size))))
+            step = time_step(size, table, batch, args.steps)
+            print(f"{size} step at batch {batch_size}: {step['step_s']:.3f} s ({step['params'] / 1e6:.1f} M params)",
+                  flush=True)
+            rows.append((size, batch_size, loader, step, len(modalities)))
+
+    print("\n| model | implementation | params | modalities | batch | loader ms/batch | of which masking | loader batches/s | step s | "
+          "step batches/s | loader / step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, batch_size, loader, step, modalities in rows:
+        ratio = step["step_s"] / loader["loader_s"]
+        print(f"| {size} | {step['model']} | {step['params'] / 1e6:.1f} M | {modalities} | {batch_size} | {loader['loader_s'] * 1e3:.1f} | "
+              f"{loader['mask_s'] * 1e3:.1f} | {1 / loader['loader_s']:.1f} | {step['step_s']:.3f} | "
+              f"{1 / step['step_s']:.2f} | **{ratio:.1f}x** |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
