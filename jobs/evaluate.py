@@ -12,7 +12,7 @@ from jobs.cli import job_parser, load_job_config, run_job
 from pipeline.data.storage import Storage
 from pipeline.eval.registry import select_tasks
 from pipeline.eval.report import markdown_table, write_results
-from pipeline.eval.runner import any_failed, run_evaluation
+from pipeline.eval.runner import any_failed, missing_inputs, run_evaluation
 from schemas.config import ConfigError
 from schemas.evaluate import EvaluateConfig
 
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         tasks = select_tasks(config.tasks)
     except KeyError as exc:
         raise ConfigError(f"tasks: {exc.args[0]}") from None
+    problems = missing_inputs(config, tasks)
+    if problems:
+        raise ConfigError("; ".join(problems))
     connect(config.ray.address, num_cpus=config.ray.num_cpus)
     rows = run_evaluation(config, tasks, list(config.checkpoints))
     written = write_results(rows, Storage(config.out, config.storage))

@@ -49,7 +49,7 @@ def test_tasks():
     for name, function in TEST_TASKS.items():
         register_task(name=name, inputs=(), target="none", head=HeadKind.NONE, data=None,
                       metrics=(Metric("seconds_slept", higher_is_better=True),), baseline="zero",
-                      evaluate=function, resources=TaskResources(num_cpus=1), replace=True)
+                      evaluate=function, resources=TaskResources(num_cpus=1), needs_model=False, replace=True)
     yield list(TEST_TASKS)
     for name in TEST_TASKS:
         unregister_task(name)
@@ -105,3 +105,7 @@ def test_unknown_task_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown eval task 'no_such_task'"):
         evaluate_job.main(["--tasks", "no_such_task", "--out", str(tmp_path)])
+    # Built-in tasks score a checkpoint on token shards: without them the job stops before scheduling anything.
+    with pytest.raises(ConfigError, match=r"give --checkpoint.*give --data"):
+        evaluate_job.main(["--tasks", "object_count", "--out", str(tmp_path)])
+    assert not (tmp_path / "results.parquet").exists()

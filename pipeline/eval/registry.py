@@ -72,6 +72,7 @@ class Task:
     evaluate: Callable[[TaskContext], list[Score]]
     resources: TaskResources | None = None  # None: the job config's default_resources
     description: str = ""
+    needs_model: bool = True  # False only for tasks that score no checkpoint (tests of the runner)
 
     def __post_init__(self) -> None:
         if not self.name or "," in self.name or self.name == "all":

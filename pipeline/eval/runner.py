@@ -114,5 +114,19 @@ def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task], checkpoints: S
     return rows
 
 
+def missing_inputs(config: EvaluateConfig, tasks: Sequence[Task]) -> list[str]:
+    """What the selected tasks need that the config lacks, found before anything is scheduled."""
+    from pipeline.eval.registry import TokenSplit
+
+    problems = []
+    needs_model = sorted(t.name for t in tasks if t.needs_model)
+    if needs_model and not config.checkpoints:
+        problems.append(f"tasks {needs_model} score a model: give --checkpoint")
+    needs_data = sorted(t.name for t in tasks if isinstance(t.data, TokenSplit))
+    if needs_data and config.data is None:
+        problems.append(f"tasks {needs_data} read token shards: give --data (a preprocess output)")
+    return problems
+
+
 def any_failed(rows: Sequence[dict]) -> bool:
     return any(row["status"] != "ok" for row in rows)
