@@ -1,0 +1,298 @@
+"""Training benchmarks on Ray Train + DeepSpeed: scaling efficiency, ZeRO memory per worker, and scale.
+
+    python bench/train.py scaling [--size S --batch 2 --tokens 256 --steps 8]
+    python bench/train.py memory  [--sizes S B --stages 0 1 2 3]
+    python bench/train.py scale   [--size L --stages 3 0 --steps 3 --limit-gib 10.5]
+
+scaling: tokens/s of N Ray Train workers (ZeRO-2, 1 CPU and 1 torch thread each) against one plain PyTorch process
+    (same model, same per-worker batch, torch AdamW, 1 thread), in one run; efficiency = Ray / (N x plain).
+memory:  per-worker RSS high-water and live model-state bytes for each ZeRO stage, in Ray Train workers, against the
+    ZeRO paper's formulas (bench/zero_memory.py holds the measurement and the settings).
+scale:   the L size (~0.7B params) under ZeRO-3 on N workers within this machine, and stage 0 for contrast; a
+    worker passing --limit-gib kills itself so the shared machine never swaps or OOMs.
+
+The model is the 4M-shaped stand-in of bench/_common.py (pipeline/model was not in the tree when these ran).
+The memory settings (`--variant tuned`, the default) apply to every subcommand: glibc malloc env vars are set in the
+driver before Ray starts so every Ray worker inherits them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import zero_memory  # noqa: E402
+from bench._common import GiB, SelfRssLimit, build_model, check_free_memory, param_count, random_batch  # noqa: E402
+
+
+# ---------------------------------------------------------------- plain PyTorch baseline
+
+class PhaseClock:
+    """Wall and this process's CPU seconds per phase of one step: CPU < wall means the rank waited (for a peer's
+    collective, or for a core another process held)."""
+
+    def __init__(self):
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.last = self.wall0
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name], self.last = now - self.last, now
+
+    def record(self) -> dict:
+        return {"wall": time.perf_counter() - self.wall0, "cpu": time.process_time() - self.cpu0, **self.phases}
+
+    def __str__(self) -> str:
+        r = self.record()
+        return f"{r['wall']:.2f}s (cpu {r['cpu']:.2f}s; " + ", ".join(f"{k} {v:.2f}" for k, v in self.phases.items()) + ")"
+
+
+def plain_worker(args, queue) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+    times = []
+    for step in range(args.warmup + args.steps):
+        batch = random_batch(args.size, args.batch, args.tokens, seed=step)
+        clock = PhaseClock()
+        loss = model(**batch)
+        clock.lap("forward")
+        loss.backward()
+        clock.lap("backward")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        clock.lap("step")
+        times.append(clock.record())
+        print(f"  plain step {step}: loss {float(loss.detach()):.3f} {clock}", flush=True)
+    queue.put(times[args.warmup:])
+
+
+def run_plain(args) -> list[float]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=plain_worker, args=(args, queue))
+    p.start()
+    times = queue.get()
+    p.join()
+    return times
+
+
+# ---------------------------------------------------------------- Ray Train workers
+
+def ray_scaling_loop(config: dict) -> None:
+    """Ray Train worker: ZeRO-`stage` DeepSpeed engine over Ray's gloo process group; writes its step times."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed  # imported in the worker only, as the pretrain job does
+    import ray.train
+    import torch
+
+    args = config["args"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=zero_memory.ds_config(args, args.stage))
+    times = []
+    for step in range(args.warmup + args.steps):
+        batch = random_batch(args.size, args.batch, args.tokens, seed=1000 * step + rank)
+        clock = PhaseClock()
+        loss = engine(**batch)
+        clock.lap("forward")
+        engine.backward(loss)
+        clock.lap("backward")
+        engine.step()
+        clock.lap("step")
+        times.append(clock.record())
+        if rank == 0:
+            print(f"  ray step {step}: loss {float(loss.detach()):.3f} {clock}", flush=True)
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(times[args.warmup:]))
+
+
+def ray_memory_loop(config: dict) -> None:
+    """Ray Train worker: bench/zero_memory.py's measurement for one stage, written to a per-rank file."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    import ray.train
+
+    args, stage = config["args"], config["stage"]
+    rank = ray.train.get_context().get_world_rank()
+    SelfRssLimit(int(args.limit_gib * GiB / args.workers), marker=str(Path(config["out"], f"oom{rank}")))
+    record = zero_memory.measure(args, stage, rank)
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(record))
+
+
+def run_ray(loop, args, extra: dict) -> list[dict | list]:
+    """One TorchTrainer run of `loop` on N gloo workers with 1 CPU each; returns each rank's file (or an OOM mark)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = tempfile.mkdtemp(prefix="tessera-bench-train-")
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"args": args, "out": out, **extra},
+        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(storage_path=out, name="bench", failure_config=FailureConfig(max_failures=0)),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # a worker that killed itself over the memory limit fails the run
+        ooms = [int(Path(out, f"oom{r}").read_text()) for r in range(args.workers) if Path(out, f"oom{r}").exists()]
+        if not ooms:
+            raise
+        print(f"  killed over the memory limit ({type(exc).__name__}): worker RSS {max(ooms) / GiB:.2f} GiB")
+        return [{"oom": True, "peak": max(ooms), "rank": r, "stage": extra.get("stage")} for r in range(args.workers)]
+    return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(args.workers)]
+
+
+def start_ray(args) -> None:
+    from cluster.connect import connect
+
+    if args.malloc:  # inherited by the raylet and so by every worker it starts
+        os.environ.update(zero_memory.TUNED_ENV)
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    connect(None, num_cpus=args.workers)
+
+
+# ---------------------------------------------------------------- subcommands
+
+def cmd_scaling(args) -> None:
+    tokens_per_step = args.batch * 2 * args.tokens  # encoder + decoder tokens per worker
+    print(f"scaling: {args.size} ({param_count(args.size) / 1e6:.0f}M params), batch {args.batch} x "
+          f"({args.tokens}+{args.tokens}) tokens per worker, ZeRO-{args.stage}, {args.workers} workers", flush=True)
+    plain = run_plain(args)
+    start_ray(args)
+    ray_times = run_ray(ray_scaling_loop, args, {})
+    def mean(records, key):
+        return sum(r[key] for r in records) / len(records)
+
+    plain_tps = tokens_per_step / mean(plain, "wall")
+    # a step ends for the group when its slowest rank ends
+    slowest = [max(steps, key=lambda r: r["wall"]) for steps in zip(*ray_times)]
+    ray_tps = args.workers * tokens_per_step / mean(slowest, "wall")
+    eff = ray_tps / (args.workers * plain_tps)
+    # CPU seconds per step ignore time a rank waited for a core that another process held: on a shared machine
+    # this ratio is the efficiency the same code would reach with the cores to itself (still counting the CPU
+    # that DeepSpeed's collectives and bookkeeping burn, not the time a rank blocks in one).
+    all_ray = [r for ranks in ray_times for r in ranks]
+    cpu_eff = mean(plain, "cpu") / mean(all_ray, "cpu")
+    print("\n| model | per-worker batch | plain step s (fwd / bwd / step; cpu) | plain tokens/s | "
+          "Ray ZeRO-%d step s (fwd / bwd / step; cpu) | Ray tokens/s | efficiency | CPU-time efficiency |" % args.stage)
+    print("|---|---|---|---|---|---|---|---|")
+
+    def cell(records):
+        return (f"{mean(records, 'wall'):.2f} ({mean(records, 'forward'):.2f} / {mean(records, 'backward'):.2f} / "
+                f"{mean(records, 'step'):.2f}; {mean(records, 'cpu'):.2f})")
+
+    print(f"| {args.size} | {args.batch}x({args.tokens}+{args.tokens}) | {cell(plain)} | {plain_tps:.0f} | "
+          f"{cell(slowest)} | {ray_tps:.0f} | **{eff:.2f}** | {cpu_eff:.2f} |")
+
+
+def cmd_memory(args) -> None:
+    start_ray(args)
+    rows = []
+    for size in args.sizes:
+        args.size = size
+        params = param_count(size)
+        for stage in args.stages:
+            print(f"memory: {size} ZeRO-{stage}", flush=True)
+            records = run_ray(ray_memory_loop, args, {"stage": stage})
+            rows.append((size, params, records))
+            if args.json:
+                args.json.write_text(json.dumps([[s, p, r] for s, p, r in rows], indent=1))
+    print_memory_table(args, rows)
+
+
+def print_memory_table(args, rows) -> None:
+    print(f"\nper-worker GiB ({args.workers} Ray Train workers, {args.dtype}, batch {args.batch}x({args.tokens}+"
+          f"{args.tokens}), variant {args.variant}); formula = model states only")
+    print("| size | params | stage | formula (fp32 DeepSpeed) | paper | live model states | activations | "
+          "other live | peak RSS | peak RSS - process base | step s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, params, records in rows:
+        r = max(records, key=lambda rec: rec["peak"])
+        stage = r["stage"]
+        f = zero_memory.formula_bytes(args.dtype, stage, params, args.workers) / GiB
+        paper = zero_memory.formula_bytes("paper", stage, params, args.workers) / GiB
+        if r.get("oom"):
+            print(f"| {size} | {params / 1e6:.0f}M | {stage} | {f:.2f} | {paper:.2f} | - | "
+                  f"- | - | > {r['peak'] / GiB:.2f} (killed at limit) | - | - |")
+            continue
+        states = sum(v for k, v in r["live"].items() if k != "other") / GiB
+        step = sum(r["step_s"]) / len(r["step_s"])
+        print(f"| {size} | {params / 1e6:.0f}M | {stage} | {f:.2f} | {paper:.2f} | {states:.2f} | "
+              f"{r['activations'] / GiB:.2f} | {r['live']['other'] / GiB:.2f} | {r['peak'] / GiB:.2f} | {(r['peak'] - r['base_rss']) / GiB:.2f} | {step:.1f} |")
+
+
+def cmd_scale(args) -> None:
+    params = param_count(args.size)
+    # Expected use of the ZeRO-3 run: its model states by formula plus ~1.5 GiB per worker (process base,
+    # activations, buckets); the per-worker limit stops the stage-0 run before it takes the machine.
+    expected = zero_memory.formula_bytes(args.dtype, 3, params, args.workers) * args.workers + 1.5 * GiB * args.workers
+    check_free_memory(int(expected))
+    start_ray(args)
+    rows = []
+    for stage in args.stages:
+        print(f"scale: {args.size} ({params / 1e6:.0f}M) ZeRO-{stage}, per-worker limit "
+              f"{args.limit_gib / args.workers:.1f} GiB", flush=True)
+        rows.append((args.size, params, run_ray(ray_memory_loop, args, {"stage": stage})))
+        if args.json:
+            args.json.write_text(json.dumps([[s, p, r] for s, p, r in rows], indent=1))
+    print_memory_table(args, rows)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["scaling", "memory", "scale"])
+    ap.add_argument("--size", default=None)
+    ap.add_argument("--sizes", nargs="+", default=["S", "B"])
+    ap.add_argument("--stage", type=int, default=2, help="scaling: the ZeRO stage of the Ray run")
+    ap.add_argument("--stages", type=int, nargs="+", default=None)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--tokens", type=int, default=256, help="encoder and decoder tokens per sample")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--variant", choices=["naive", "tuned"], default="tuned")
+    ap.add_argument("--limit-gib", type=float, default=None, help="summed RSS limit over the workers")
+    ap.add_argument("--malloc", action=argparse.BooleanOptionalAction, default=None,
+                    help="override the variant's glibc malloc env (it costs CPU time: see BENCHMARKS.md)")
+    ap.add_argument("--show-other", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    defaults = {  # per command: size, batch, steps, stages, limit
+        "scaling": ("S", 4, 8, [2], 8.0),
+        "memory": ("S", 1, 3, [0, 1, 2, 3], 14.0),
+        "scale": ("L", 1, 3, [3, 0], 19.0),
+    }[args.command]
+    for name, value in zip(("size", "batch", "steps", "stages", "limit_gib"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    tuned = args.variant == "tuned"
+    for flag in ("zero_init", "buckets", "malloc", "fused_adam"):
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, tuned)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    {"scaling": cmd_scaling, "memory": cmd_memory, "scale": cmd_scale}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
