@@ -124,9 +124,11 @@ def measure(args, stage: int, rank: int) -> dict:
     reset_rss_peak()
     cfg = ds_config(args, stage)
     if stage == 3 and args.zero_init:
-        # Each rank allocates only its partition of every parameter as the module is constructed.
-        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        with deepspeed.zero.Init(config_dict_or_path=cfg, dtype=dtype):
+        # Each rank allocates only its partition of every parameter as the module is constructed. No `dtype=`:
+        # given one, DeepSpeed 0.19.8 ignores it on CPU and builds bf16 params (`dtype or torch.float16 if
+        # fp16_supported else torch.bfloat16 ...` parses as `(dtype or fp16) if ... else bf16`); from the
+        # config alone it picks fp32, or bf16 when "bf16" is enabled.
+        with deepspeed.zero.Init(config_dict_or_path=cfg):
             model = build_model(args.size)
     else:
         model = build_model(args.size)
