@@ -2,18 +2,19 @@
 
     python bench/train.py scaling [--size S --batch 2 --tokens 256 --steps 8]
     python bench/train.py memory  [--sizes S B --stages 0 1 2 3]
-    python bench/train.py scale   [--size L --stages 3 0 --steps 3 --limit-gib 10.5]
+    python bench/train.py scale   [--size L --stages 3 0 --steps 3 --limit-gib 19]
 
 scaling: tokens/s of N Ray Train workers (ZeRO-2, 1 CPU and 1 torch thread each) against one plain PyTorch process
     (same model, same per-worker batch, torch AdamW, 1 thread), in one run; efficiency = Ray / (N x plain).
 memory:  per-worker RSS high-water and live model-state bytes for each ZeRO stage, in Ray Train workers, against the
     ZeRO paper's formulas (bench/zero_memory.py holds the measurement and the settings).
 scale:   the L size (~0.7B params) under ZeRO-3 on N workers within this machine, and stage 0 for contrast; a
-    worker passing --limit-gib kills itself so the shared machine never swaps or OOMs.
+    worker passing its share of --limit-gib (summed over workers) kills itself so the shared machine never OOMs.
 
 The model is the 4M-shaped stand-in of bench/_common.py (pipeline/model was not in the tree when these ran).
 The memory settings (`--variant tuned`, the default) apply to every subcommand: glibc malloc env vars are set in the
-driver before Ray starts so every Ray worker inherits them.
+driver before Ray starts so every Ray worker inherits them. They cost ~15% CPU time, so the scaling figures in
+BENCHMARKS.md come from `scaling --no-malloc`.
 """
 
 from __future__ import annotations
