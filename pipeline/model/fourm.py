@@ -1,0 +1,142 @@
+"""The any-to-any masked encoder-decoder (4M): packed batches of `schemas/batch.py` in, per-modality losses out.
+
+The encoder reads the visible input tokens of every modality; the decoder predicts the target tokens, each slot
+attending only to slots of its own modality (causally for sequences) and cross-attending to the whole encoder.
+Modalities are indices into the run's `ModalityTable`: token ids are shifted into one shared embedding table by
+per-modality offsets, and positions into one fixed sin-cos table (2-D for grids, 1-D otherwise), so the forward
+never branches on a modality. No Ray or DeepSpeed here: distribution is the train loop's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pipeline.model.layers import Block, sincos_1d, sincos_2d
+from pipeline.model.sizes import Dims, resolve
+from schemas.batch import ModalityTable
+from schemas.model import ModelConfig
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # mean over the modalities present of each one's mean cross-entropy
+    losses: dict[str, torch.Tensor]  # per modality present in the batch's targets
+    logits: dict[str, torch.Tensor] | None = None  # per modality: (slots, vocab), slots in row-major batch order
+
+
+class Embeddings(nn.Module):
+    """Token + modality + position embeddings of encoder slots and decoder queries."""
+
+    def __init__(self, table: ModalityTable, dim: int):
+        super().__init__()
+        vocab = [s.vocab_size for s in table.specs]
+        self.register_buffer("token_offset", torch.tensor([0, *vocab[:-1]]).cumsum(0), persistent=False)
+        lengths = [s.max_tokens for s in table.specs]
+        self.register_buffer("position_offset", torch.tensor([0, *lengths[:-1]]).cumsum(0), persistent=False)
+        positions = [sincos_2d(*s.grid, dim) if s.grid else sincos_1d(s.max_tokens, dim) for s in table.specs]
+        self.register_buffer("positions", torch.cat(positions), persistent=False)
+        self.tokens = nn.Embedding(sum(vocab), dim)
+        self.modality = nn.Embedding(len(table), dim)
+        self.mask = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, tokens: torch.Tensor, modality: torch.Tensor, position: torch.Tensor,
+                masked: torch.Tensor | None = None) -> torch.Tensor:
+        """`masked` (decoder): True where the slot is a parallel query that gets the mask embedding, not a token."""
+        x = self.tokens(tokens + self.token_offset[modality])
+        if masked is not None:
+            x = torch.where(masked.unsqueeze(-1), self.mask.to(x.dtype), x)
+        return x + self.modality(modality) + self.positions[position + self.position_offset[modality]].to(x.dtype)
+
+
+class FourM(nn.Module):
+    def __init__(self, config: ModelConfig, table: ModalityTable):
+        super().__init__()
+        self.config, self.table, self.dims = config, table, resolve(config)
+        dims: Dims = self.dims
+        self.embed = Embeddings(table, dims.dim)
+        self.encoder = nn.ModuleList(Block(dims.dim, dims.heads, dims.mlp_hidden, config.norm_eps)
+                                     for _ in range(dims.encoder_depth))
+        self.encoder_norm = nn.RMSNorm(dims.dim, eps=config.norm_eps)
+        self.decoder = nn.ModuleList(Block(dims.dim, dims.heads, dims.mlp_hidden, config.norm_eps, cross=True)
+                                     for _ in range(dims.decoder_depth))
+        self.decoder_norm = nn.RMSNorm(dims.dim, eps=config.norm_eps)
+        self.heads = nn.ModuleList(nn.Linear(dims.dim, s.vocab_size, bias=False) for s in table.specs)
+        self.apply(_init)
+
+    # --- encoder -----------------------------------------------------------------------------------------------
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, I, D) after the final norm, pad (B, I))."""
+        pad = batch["enc_pad"]
+        x = self.embed(batch["enc_tokens"], batch["enc_modality"], batch["enc_position"])
+        mask = _key_mask(pad)
+        for block in self.encoder:
+            x = self._run(block, x, mask)
+        return self.encoder_norm(x), pad
+
+    # --- decoder -----------------------------------------------------------------------------------------------
+    def decode(self, batch: dict[str, torch.Tensor], memory: torch.Tensor, memory_pad: torch.Tensor) -> torch.Tensor:
+        causal = batch["dec_causal"]
+        x = self.embed(batch["dec_input"], batch["dec_modality"], batch["dec_position"], masked=~causal)
+        mask = decoder_mask(batch["dec_modality"], batch["dec_position"], causal, batch["dec_pad"])
+        context_mask = _key_mask(memory_pad)
+        for block in self.decoder:
+            x = self._run(block, x, mask, memory, context_mask)
+        return self.decoder_norm(x)
+
+    def forward(self, batch: dict[str, torch.Tensor], return_logits: bool = False) -> ModelOutput:
+        memory, memory_pad = self.encode(batch)
+        hidden = self.decode(batch, memory, memory_pad)
+        live = ~batch["dec_pad"]
+        losses, logits, unused = {}, {}, []
+        for index, (spec, head) in enumerate(zip(self.table.specs, self.heads)):
+            selected = live & (batch["dec_modality"] == index)
+            if not bool(selected.any()):
+                # Keep every head in the graph with a zero-size matmul, so data-parallel gradient reduction sees
+                # the same parameters on every rank whatever modalities each rank's batch holds.
+                unused.append(head(hidden[:0, :0].reshape(0, hidden.shape[-1])).sum())
+                continue
+            out = head(hidden[selected])
+            losses[spec.name] = F.cross_entropy(out.float(), batch["dec_target"][selected])
+            if return_logits:
+                logits[spec.name] = out
+        if not losses:
+            raise ValueError("the batch has no target slots: nothing to predict")
+        loss = torch.stack(list(losses.values())).mean() + sum(unused, torch.zeros((), device=hidden.device))
+        return ModelOutput(loss, losses, logits if return_logits else None)
+
+    def _run(self, block: Block, *args) -> torch.Tensor:
+        if self.config.activation_checkpointing and self.training:
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+
+def decoder_mask(modality: torch.Tensor, position: torch.Tensor, causal: torch.Tensor,
+                 pad: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) boolean: slot i sees slot j iff same modality, j not padding, and j <= i in position when i is
+    causal (schemas/batch.py). The diagonal is always open so that padding rows stay finite."""
+    same = modality[:, :, None] == modality[:, None, :]
+    ordered = ~causal[:, :, None] | (position[:, None, :] <= position[:, :, None])
+    mask = same & ordered & ~pad[:, None, :]
+    mask |= torch.eye(modality.shape[1], dtype=torch.bool, device=modality.device)
+    return mask[:, None]
+
+
+def _key_mask(pad: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, K) keys that may be attended; an all-padding sample keeps its first slot so softmax stays finite."""
+    keys = ~pad
+    keys[:, 0] |= ~keys.any(dim=1)
+    return keys[:, None, None, :]
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+
+
+def build_model(config: ModelConfig, table: ModalityTable) -> FourM:
+    return FourM(config, table)
