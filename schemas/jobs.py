@@ -6,6 +6,7 @@ from pathlib import PurePath
 
 from schemas.config import ConfigModel
 from schemas.evaluate import EvaluateConfig
+from schemas.pretrain import PretrainConfig
 from schemas.preprocess import PreprocessConfig
 from schemas.submit import SubmitConfig
 
@@ -13,6 +14,7 @@ JOB_CONFIGS: dict[str, type[ConfigModel]] = {
     "preprocess": PreprocessConfig,
     "submit": SubmitConfig,
     "evaluate": EvaluateConfig,
+    "pretrain": PretrainConfig,
 }
 
 

@@ -1,0 +1,1 @@
+"""Ray Train + DeepSpeed pretraining: config builder, schedules, the worker loop, the trainer."""

@@ -1,0 +1,162 @@
+"""The Ray Train worker function of the pretrain job: model + loader + DeepSpeed engine, checkpoints, metrics.
+
+Every rank builds the model (under `deepspeed.zero.Init` for stage 3, so large sizes are never whole on a rank),
+streams its own token shards, and steps a DeepSpeed engine. A checkpoint is DeepSpeed's own layout (every rank
+calls `save_checkpoint`, each writing its shards) plus per-rank loader positions and RNG states, reported to Ray
+Train as one directory; a restarted worker group resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.train.deepspeed_config import deepspeed_config
+from pipeline.train.schedule import lr_factor
+from schemas.batch import ModalityTable
+from schemas.pretrain import PretrainConfig
+
+TAG = "state"  # one DeepSpeed tag per reported checkpoint directory
+META = "tessera_meta.json"
+
+
+def train_loop(loop_config: dict) -> None:
+    config = PretrainConfig.model_validate(loop_config["config"])
+    table = ModalityTable.from_json(loop_config["table"])
+    if not config.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed  # in the worker only: the driver never initialises DeepSpeed
+    import ray.train
+    import torch
+
+    from pipeline.data.loader import TokenShardLoader, to_torch
+    from pipeline.model import build_model
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config.cpus_per_worker)
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if config.use_gpu else torch.device("cpu")
+    # Ray Train has set up the process group; DeepSpeed adopts it (zero.Init needs it before the model exists).
+    deepspeed.init_distributed(dist_backend="nccl" if config.use_gpu else "gloo")
+    ds_config = deepspeed_config(config)
+    if config.zero.stage == 3:
+        # No dtype argument: DeepSpeed 0.19.8 turns any dtype passed here into bf16 on CPU (BENCHMARKS.md).
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = build_model(config.model, table)
+    else:
+        model = build_model(config.model, table)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay)
+    engine, optimizer, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    del model  # the engine owns the (partitioned) parameters now; a second reference would keep full copies alive
+    loader = TokenShardLoader(config.data, table, config.masking, config.loader, rank, world, config.storage)
+
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            engine.load_checkpoint(directory, tag=TAG)
+            meta = json.loads(Path(directory, META).read_text())
+            step = meta["step"]
+            loader.load_state_dict(meta["loaders"][str(rank)])
+            torch.set_rng_state(torch.tensor(meta["torch_rng"][str(rank)], dtype=torch.uint8))
+        if rank == 0:
+            print(f"resumed from step {step}", flush=True)
+
+    metrics_path = loop_config.get("metrics_path")
+    window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+    batches = iter(loader)
+    while step < config.steps:
+        try:
+            batch = next(batches)
+        except StopIteration:  # next epoch: every rank has the same number of batches, so all roll over together
+            batches = iter(loader)
+            continue
+        for group in optimizer.param_groups:
+            group["lr"] = config.optim.lr * lr_factor(step, config.steps, config.optim)
+        tensors = {k: v.to(device) for k, v in to_torch(batch).items()}
+        out = engine(tensors)
+        engine.backward(out.loss)
+        engine.step()
+        step += 1
+        window_tokens += int((~batch["enc_pad"]).sum() + (~batch["dec_pad"]).sum())
+        window_samples += len(batch["enc_pad"])
+        if loop_config.get("fail_at_step") == step and rank == world - 1 and _first_failure(loop_config):
+            os._exit(1)  # a test hook: a worker dying mid-run, which FailureConfig must recover from
+        report = {}
+        if step % config.log_every == 0 or step == config.steps:
+            seconds = time.perf_counter() - window_start
+            report = {
+                "step": step, "loss": float(out.loss.detach()), "lr": optimizer.param_groups[0]["lr"],
+                **{f"loss_{name}": float(value.detach()) for name, value in out.losses.items()},
+                "tokens_per_s": window_tokens * world / seconds, "samples_per_s": window_samples * world / seconds,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "epoch": loader.epoch,
+            }
+            window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+            if rank == 0:
+                print(f"step {step:>6}/{config.steps} loss {report['loss']:.4f} lr {report['lr']:.2e} "
+                      f"{report['tokens_per_s']:,.0f} tok/s peak {report['peak_rss_gib']:.2f} GiB", flush=True)
+                if metrics_path:
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(report) + "\n")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save(engine, loader, step, rank, world, report)
+        elif report:
+            ray.train.report(report)
+
+
+def _save(engine, loader, step: int, rank: int, world: int, report: dict) -> None:
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    # Loader positions and RNG states of every rank go into one small file that every rank holds alike.
+    states = [None] * world
+    dist.all_gather_object(states, {"loader": loader.state_dict(), "rng": torch.get_rng_state().tolist()})
+    with tempfile.TemporaryDirectory(prefix="tessera-ckpt-") as directory:
+        engine.save_checkpoint(directory, tag=TAG)
+        meta = {"step": step, "loaders": {str(r): s["loader"] for r, s in enumerate(states)},
+                "torch_rng": {str(r): s["rng"] for r, s in enumerate(states)}}
+        Path(directory, META).write_text(json.dumps(meta))
+        ray.train.report({"step": step, **report},
+                         checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _first_failure(loop_config: dict) -> bool:
+    marker = Path(loop_config["failure_marker"])
+    if marker.exists():
+        return False
+    marker.write_text("failed once")
+    return True
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def plot_loss(metrics: list[dict], out: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([m["step"] for m in metrics])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [m["loss"] for m in metrics], label="loss", linewidth=2)
+    for name in sorted({k for m in metrics for k in m if k.startswith("loss_")}):
+        ax.plot(steps, [m.get(name, np.nan) for m in metrics], label=name[5:], alpha=0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

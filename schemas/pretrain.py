@@ -1,0 +1,66 @@
+"""Typed config of the pretrain job (`configs/pretrain/<size>.yaml`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import Field
+
+from schemas.config import ConfigModel
+from schemas.loading import LoaderConfig, MaskingConfig
+from schemas.model import ModelConfig
+from schemas.preprocess import StorageConfig
+
+
+class OptimConfig(ConfigModel):
+    lr: float = Field(default=1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    # cosine: warmup then cosine to min_lr_ratio * lr; wsd: warmup, stable, then linear decay over decay_fraction
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    grad_accumulation: int = Field(default=1, ge=1)
+
+
+class ZeroConfig(ConfigModel):
+    stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False  # stage 3 only
+    # Bucket sizes in elements. DeepSpeed's 5e8 defaults cost ~2 GB of buffers per rank on CPU (BENCHMARKS.md).
+    bucket_elements: int = Field(default=20_000_000, ge=1_000)
+
+    @pydantic.model_validator(mode="after")
+    def _offload_needs_stage(self) -> "ZeroConfig":
+        if self.offload_params and self.stage != 3:
+            raise ValueError("offload_params needs ZeRO stage 3")
+        if self.offload_optimizer and self.stage == 0:
+            raise ValueError("offload_optimizer needs ZeRO stage 1 or higher")
+        return self
+
+
+class PretrainConfig(ConfigModel):
+    name: str = Field(default="pretrain", pattern=r"^[A-Za-z0-9_.-]+$")
+    data: str | None = None  # a preprocess output with token folders (local or s3://)
+    storage_path: str = "runs"  # where Ray Train keeps run directories and checkpoints (local or s3://)
+    modalities: tuple[str, ...] = ("caption", "color_palette", "metadata")
+    workers: int = Field(default=2, ge=1)
+    cpus_per_worker: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    steps: int = Field(default=100, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig(input_tokens=64, target_tokens=64)
+    loader: LoaderConfig = LoaderConfig(batch_size=16)
+    optim: OptimConfig = OptimConfig()
+    zero: ZeroConfig = ZeroConfig()
+    checkpoint_every: int = Field(default=50, ge=1)
+    num_to_keep: int = Field(default=2, ge=1)
+    max_failures: int = Field(default=0, ge=-1)
+    log_every: int = Field(default=10, ge=1)
+    storage: StorageConfig = StorageConfig()
+    address: str | None = None
