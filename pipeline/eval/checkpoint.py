@@ -52,9 +52,8 @@ class EvalModel:
 
 
 def load_model(uri: str, storage: StorageConfig, device: str = "cpu") -> EvalModel:
-    """The exported model at `uri`, in eval mode."""
-    try:
-        import pipeline.model  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError(f"cannot load {uri}: pipeline.model is not available ({exc})") from exc
-    raise RuntimeError(f"cannot load {uri}: no exported-model loader is available yet (jobs/export.py)")
+    """The exported model at `uri` (a .safetensors export or a pretrain checkpoint directory), in eval mode."""
+    from pipeline.train.export import load_exported
+
+    module, table, _ = load_exported(uri, storage, device)
+    return EvalModel(module, table, device)

@@ -24,6 +24,8 @@ from schemas.pretrain import PretrainConfig
 
 TAG = "state"  # one DeepSpeed tag per reported checkpoint directory
 META = "tessera_meta.json"
+WEIGHTS = "model.safetensors"  # consolidated weights, loadable without DeepSpeed and without unpickling anything
+MODEL_JSON = "model.json"  # ModelConfig + ModalityTable of those weights
 
 
 def train_loop(loop_config: dict) -> None:
@@ -107,15 +109,17 @@ def train_loop(loop_config: dict) -> None:
                     with open(metrics_path, "a") as handle:
                         handle.write(json.dumps(report) + "\n")
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save(engine, loader, step, rank, world, report)
+            _save(engine, loader, step, rank, world, report, config, table)
         elif report:
             ray.train.report(report)
 
 
-def _save(engine, loader, step: int, rank: int, world: int, report: dict) -> None:
+def _save(engine, loader, step: int, rank: int, world: int, report: dict, config: PretrainConfig,
+          table: ModalityTable) -> None:
     import ray.train
     import torch
     import torch.distributed as dist
+    from safetensors.torch import save_file
 
     # Loader positions and RNG states of every rank go into one small file that every rank holds alike.
     states = [None] * world
@@ -125,6 +129,17 @@ def _save(engine, loader, step: int, rank: int, world: int, report: dict) -> Non
         meta = {"step": step, "loaders": {str(r): s["loader"] for r, s in enumerate(states)},
                 "torch_rng": {str(r): s["rng"] for r, s in enumerate(states)}}
         Path(directory, META).write_text(json.dumps(meta))
+        # Whole weights beside the ZeRO shards, so export and evaluation never unpickle DeepSpeed's files. Under
+        # stage 3 every rank takes part in gathering them; rank 0 writes them.
+        if config.zero.stage == 3:
+            weights = engine._zero3_consolidated_16bit_state_dict()
+        else:
+            weights = engine.module.state_dict()
+        if rank == 0:
+            save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
+                      str(Path(directory, WEIGHTS)))
+            Path(directory, MODEL_JSON).write_text(json.dumps(
+                {"model": config.model.model_dump(mode="json"), "table": table.to_json(), "step": step}))
         ray.train.report({"step": step, **report},
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
 
