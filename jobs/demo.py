@@ -1,8 +1,9 @@
 """python -m jobs.demo --out DIR: the whole system on the embedded sample corpus, on a local Ray instance.
 
 Today: generate the corpus, preprocess it into label shards, train the shared WordPiece vocabulary on its captions
-and tokenize the text-like modalities, read everything back through the webdataset library, check it, and print a
-summary (plus a preview PNG). Each later stage (image tokenizers, pretrain, evaluate) joins here.
+and tokenize the text-like modalities, read everything back through the webdataset library, check it, print a
+summary (plus a preview PNG), then pretrain a tiny model on the token shards and plot its loss. Image tokenizers and
+the evaluation table join here as they land.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from pipeline.data.preview import write_preview
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from pipeline.tokenizers import train_wordpiece
+from pipeline.train.loop import read_metrics
+from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
 from schemas.preprocess import PreprocessConfig
+from schemas.pretrain import PretrainConfig
 
 
 TEXT_VOCAB = 4_700  # the sample corpus's captions run out of new pieces just above 4,650
@@ -33,18 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="working directory of the demo (default demo_out)")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--resolution", type=int, default=64, help="image resolution of the shards")
+    parser.add_argument("--steps", type=int, default=200, help="pretraining steps of the tiny model")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     started = time.perf_counter()
 
-    step("1/4 sample corpus")
+    step("1/5 sample corpus")
     corpus = SampleCorpusConfig(out=f"{out}/corpus", samples=args.samples, seed=0, image_size=128,
                                 samples_per_shard=64, workers=1)
     description = write_corpus(corpus)
     print(f"{args.samples} samples ({description['counts']}) in {len(description['shards'])} tars at {corpus.out}")
 
-    step("2/4 preprocess on Ray: label")
+    step("2/5 preprocess on Ray: label")
     ray_info = connect(args.address)
     print(f"Ray ({ray_info['mode']}) at {ray_info['address']}: {ray_info['nodes']} node(s), "
           f"{ray_info['resources'].get('CPU', 0):.0f} CPU, {ray_info['resources'].get('GPU', 0):.0f} GPU")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(preprocess_summary(run_preprocess(config)))
 
-    step("3/4 tokenize text-like modalities")
+    step("3/5 tokenize text-like modalities")
     storage = Storage(config.output, config.storage)
     captions = [payload.decode("utf-8") for _, payload in iter_members(storage, "caption")]
     tokenizer = train_wordpiece(captions, vocab_size=TEXT_VOCAB)
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {folder:<18} {stats['tokens']:>7} tokens, {stats['mean_per_sample']:>6} per sample, "
               f"longest {stats['longest']}")
 
-    step("4/4 read the shards back")
+    step("4/5 read the shards back")
     checked = verify_output(storage)
     print(f"{checked.samples} samples in {checked.shards} shards; every folder holds the same keys in the same order")
     print(f"{'folder':<20}{'shards':>8}{'samples':>10}{'MB':>8}")
@@ -79,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  first {folder}: {checked.first_sample[folder].decode()[:110]}")
     write_preview(storage, "preview.png")
     print(f"preview of the first samples: {storage.uri('preview.png')}")
+
+    step("5/5 pretrain a tiny any-to-any model (Ray Train + DeepSpeed ZeRO-2, 2 workers)")
+    pretrain = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/tiny.yaml", [
+        f"data={config.output}", f"storage_path={out}/runs", f"steps={args.steps}", "name=demo-tiny",
+        f"modalities=[{', '.join(text_modalities)}]",
+    ])
+    summary = run_pretrain(pretrain)
+    curve = [m["loss"] for m in read_metrics(summary["metrics_file"])]
+    print(f"loss {curve[0]:.3f} -> {curve[-1]:.3f} over {pretrain.steps} steps; curve {summary['plot']}")
+    print(f"checkpoint {summary['checkpoint']} (python -m jobs.export --checkpoint ... --out model.safetensors)")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
     return 0
 
