@@ -2,8 +2,8 @@
 
 Today: generate the corpus, preprocess it into label shards, train the shared WordPiece vocabulary on its captions
 and tokenize the text-like modalities, read everything back through the webdataset library, check it, print a
-summary (plus a preview PNG), then pretrain a tiny model on the token shards and plot its loss. Image tokenizers and
-the evaluation table join here as they land.
+summary (plus a preview PNG), then pretrain a tiny model on the token shards, plot its loss, export it and evaluate
+it on the probe tasks its modalities allow. Image tokenizers join here as they land.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 
 from cluster.connect import connect
 from jobs.cli import REPO_ROOT, run_job
+from jobs.evaluate import main as evaluate_main
 from jobs.preprocess import summary as preprocess_summary
 from pipeline.data.inspect import iter_members, verify_output
 from pipeline.data.preprocess import run_preprocess
@@ -21,6 +22,7 @@ from pipeline.data.preview import write_preview
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from pipeline.tokenizers import train_wordpiece
+from pipeline.train.export import export_checkpoint
 from pipeline.train.loop import read_metrics
 from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
@@ -43,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     started = time.perf_counter()
 
-    step("1/5 sample corpus")
+    step("1/6 sample corpus")
     corpus = SampleCorpusConfig(out=f"{out}/corpus", samples=args.samples, seed=0, image_size=128,
                                 samples_per_shard=64, workers=1)
     description = write_corpus(corpus)
     print(f"{args.samples} samples ({description['counts']}) in {len(description['shards'])} tars at {corpus.out}")
 
-    step("2/5 preprocess on Ray: label")
+    step("2/6 preprocess on Ray: label")
     ray_info = connect(args.address)
     print(f"Ray ({ray_info['mode']}) at {ray_info['address']}: {ray_info['nodes']} node(s), "
           f"{ray_info['resources'].get('CPU', 0):.0f} CPU, {ray_info['resources'].get('GPU', 0):.0f} GPU")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(preprocess_summary(run_preprocess(config)))
 
-    step("3/5 tokenize text-like modalities")
+    step("3/6 tokenize text-like modalities")
     storage = Storage(config.output, config.storage)
     captions = [payload.decode("utf-8") for _, payload in iter_members(storage, "caption")]
     tokenizer = train_wordpiece(captions, vocab_size=TEXT_VOCAB)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {folder:<18} {stats['tokens']:>7} tokens, {stats['mean_per_sample']:>6} per sample, "
               f"longest {stats['longest']}")
 
-    step("4/5 read the shards back")
+    step("4/6 read the shards back")
     checked = verify_output(storage)
     print(f"{checked.samples} samples in {checked.shards} shards; every folder holds the same keys in the same order")
     print(f"{'folder':<20}{'shards':>8}{'samples':>10}{'MB':>8}")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     write_preview(storage, "preview.png")
     print(f"preview of the first samples: {storage.uri('preview.png')}")
 
-    step("5/5 pretrain a tiny any-to-any model (Ray Train + DeepSpeed ZeRO-2, 2 workers)")
+    step("5/6 pretrain a tiny any-to-any model (Ray Train + DeepSpeed ZeRO-2, 2 workers)")
     pretrain = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/tiny.yaml", [
         f"data={config.output}", f"storage_path={out}/runs", f"steps={args.steps}", "name=demo-tiny",
         f"modalities=[{', '.join(text_modalities)}]",
@@ -93,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_pretrain(pretrain)
     curve = [m["loss"] for m in read_metrics(summary["metrics_file"])]
     print(f"loss {curve[0]:.3f} -> {curve[-1]:.3f} over {pretrain.steps} steps; curve {summary['plot']}")
-    print(f"checkpoint {summary['checkpoint']} (python -m jobs.export --checkpoint ... --out model.safetensors)")
+    exported = f"{out}/models/demo-tiny.safetensors"
+    export_checkpoint(summary["checkpoint"], exported)
+    print(f"checkpoint {summary['checkpoint']}\nexported to {exported}")
+
+    step("6/6 evaluate the tiny model: one Ray task per task, against trivial baselines")
+    # Image tokenizers are not in the demo yet, so it scores the probes that read text-like inputs.
+    evaluate_main(["--checkpoint", exported, "--tasks", "object_count_from_palette,largest_shape_from_caption",
+                   "--data", config.output, "--out", f"{out}/eval"])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
     return 0
 

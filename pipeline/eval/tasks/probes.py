@@ -60,13 +60,17 @@ def evaluate_probe(ctx: TaskContext, label: Label) -> list[Score]:
     return [Score("accuracy", accuracy, baseline)]
 
 
-def register_probe(name: str, label: Label, target: str, head: HeadKind = HeadKind.LINEAR_PROBE) -> None:
-    register_task(name=name, inputs=("rgb",), target=target, head=head,
-                  data=TokenSplit(("rgb",), (ANNOTATIONS,)), metrics=(Metric("accuracy", True),),
+def register_probe(name: str, label: Label, target: str, head: HeadKind = HeadKind.LINEAR_PROBE,
+                   inputs: tuple[str, ...] = ("rgb",)) -> None:
+    register_task(name=name, inputs=inputs, target=target, head=head,
+                  data=TokenSplit(inputs, (ANNOTATIONS,)), metrics=(Metric("accuracy", True),),
                   baseline="majority class", evaluate=functools.partial(evaluate_probe, label=label),
-                  description=f"{head.value} on mean-pooled encoder features of rgb tokens -> {target}")
+                  description=f"{head.value} on mean-pooled encoder features of {'+'.join(inputs)} tokens -> {target}")
 
 
 register_probe("object_count", object_count, "number of objects")
 register_probe("largest_shape", largest_shape, "shape class of the largest object")
 register_probe("largest_shape_mlp", largest_shape, "shape class of the largest object", HeadKind.MLP_PROBE)
+# The same probes from text-like inputs: what a model trained without image tokens can be scored on.
+register_probe("object_count_from_palette", object_count, "number of objects", inputs=("color_palette",))
+register_probe("largest_shape_from_caption", largest_shape, "shape class of the largest object", inputs=("caption",))
