@@ -127,3 +127,40 @@ def test_sizes_follow_4m():
     with pytest.raises(ValueError, match="custom needs"):
         ModelConfig(size="custom", dim=64)
     assert resolve(ModelConfig(size="custom", dim=96, encoder_depth=1, decoder_depth=1, heads=3)).mlp_hidden == 256
+
+
+@pytest.mark.parametrize("size", ["tiny", "S"])
+def test_flop_formula_matches_torchs_counter(size):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.model.flops import forward_flops
+
+    table = ModalityTable.of([ModalitySpec.from_registry("rgb", 64)])
+    config = ModelConfig(size=size)
+    model = build_model(config, table)
+    rng = np.random.default_rng(0)
+    tokens = {"rgb": rng.integers(0, 100, 64)}
+    packed = Masker(table, MaskingConfig(input_tokens=24, target_tokens=32)).batch([tokens] * 2, rng)
+    with FlopCounterMode(display=False) as counter:
+        model({k: torch.from_numpy(v) for k, v in packed.items()})
+    ours = forward_flops(resolve(config), 24, 32, table.specs[0].vocab_size)
+    # The counter skips the attention-score matmuls inside SDPA on CPU (~1-1.5% here); ours counts them.
+    assert abs(ours / (counter.get_total_flops() / 2) - 1) < 0.02
+
+
+def test_sizes_job_prints_json_with_the_fields():
+    import contextlib
+    import io
+    import json
+
+    from jobs.sizes import main
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["--json", "--workers", "2"]) == 0
+    rows = {r["name"]: r for r in json.loads(buffer.getvalue())}
+    assert list(rows) == ["tiny", "S", "B", "L", "XL"]
+    for row in rows.values():
+        assert row["params_total"] == row["params_encoder"] + row["params_decoder"] + row["params_embeddings_heads"]
+        assert row["zero3_bytes_per_worker"] == 8 * row["params_total"]  # 16P / 2
+    assert rows["L"]["flops_per_sample"] > rows["B"]["flops_per_sample"] > rows["S"]["flops_per_sample"]
