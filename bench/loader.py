@@ -96,68 +96,22 @@ def time_loader(root: Path, table: ModalityTable, batch_size: int) -> dict:
     return {"loader_s": seconds, "mask_s": (time.perf_counter() - started) / 10, "batches": count}
 
 
-# Used only while pipeline/model is not there yet (it is being written beside this bench): an encoder-decoder of
-# the same shapes as 4M's (width, blocks, heads; MLP 4x; per-modality embeddings and heads; logits only for the
-# slots of each modality), built from torch.nn layers. The table says which model was timed.
-STAND_IN_SIZES = {"tiny": (128, 2, 2, 4), "B": (768, 12, 12, 12)}  # width, encoder, decoder blocks, heads
-
-
-def stand_in_model(size: str, table: ModalityTable):
-    import torch
-    from torch import nn
-
-    width, encoder_depth, decoder_depth, heads = STAND_IN_SIZES[size]
-
-    class StandIn(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.ModuleList(nn.Embedding(s.vocab_size, width) for s in table.specs)
-            self.heads = nn.ModuleList(nn.Linear(width, s.vocab_size, bias=False) for s in table.specs)
-            self.modality = nn.Embedding(len(table), width)
-            self.position = nn.Embedding(max(s.max_tokens for s in table.specs) + 2, width)
-            self.mask = nn.Parameter(torch.zeros(width))
-            layer = dict(d_model=width, nhead=heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True,
-                         norm_first=True)
-            self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), encoder_depth)
-            self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), decoder_depth)
-
-        def tokens(self, ids, modality):
-            out = torch.zeros(*ids.shape, width)
-            for index, embed in enumerate(self.embed):
-                where = modality == index
-                out[where] = embed(ids[where])
-            return out
-
-        def forward(self, enc_tokens, enc_modality, enc_position, enc_pad, dec_input, dec_target, dec_modality,
-                    dec_position, dec_causal, dec_pad):
-            x = self.tokens(enc_tokens, enc_modality) + self.modality(enc_modality) + self.position(enc_position)
-            memory = self.encoder(x, src_key_padding_mask=enc_pad)
-            fed = torch.where(dec_causal[..., None], self.tokens(dec_input, dec_modality), self.mask)
-            y = fed + self.modality(dec_modality) + self.position(dec_position)
-            y = self.decoder(y, memory, tgt_key_padding_mask=dec_pad, memory_key_padding_mask=enc_pad)
-            losses = []
-            for index, head in enumerate(self.heads):
-                where = (dec_modality == index) & ~dec_pad
-                if where.any():
-                    losses.append(nn.functional.cross_entropy(head(y[where]), dec_target[where]))
-            return torch.stack(losses).mean()
-
-    return StandIn()
-
-
 def time_step(size: str, table: ModalityTable, batch: dict, steps: int) -> dict:
     """Seconds per forward + backward + AdamW step of the model of `size` on `batch` (median of `steps`)."""
     import torch
 
     torch.manual_seed(0)
-    model, which = stand_in_model(size, table), "stand-in"
+    from pipeline.model import build_model
+    from schemas.model import ModelConfig
+
+    model, which = build_model(ModelConfig(size=size), table).train(), "pipeline.model"
     # foreach=False: no per-step copies of the whole parameter set, which B cannot afford on this machine
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, foreach=False)
     tensors = to_torch(batch)
     times = []
     for _ in range(steps + 1):  # the first step allocates the optimizer state: not counted
         started = time.perf_counter()
-        loss = model(**tensors)
+        loss = model(tensors).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
