@@ -56,6 +56,7 @@ def test_loss_falls_with_two_workers(tokens, tmp_path, stage):
     assert summary["metrics"]["step"] == 24 and len(curve) == 6
     assert curve[-1] < 0.8 * curve[0]
     assert Path(summary["plot"]).stat().st_size > 0
+    assert list((Path(summary["metrics_file"]).parent / "tb").glob("events.out.tfevents.*"))
     assert summary["checkpoint"] is not None
 
 

@@ -73,6 +73,11 @@ def train_loop(loop_config: dict) -> None:
             print(f"resumed from step {step}", flush=True)
 
     metrics_path = loop_config.get("metrics_path")
+    events = None
+    if metrics_path and rank == 0:  # TensorBoard event files beside the JSONL: `tensorboard --logdir RUN_DIR/tb`
+        from tensorboardX import SummaryWriter
+
+        events = SummaryWriter(str(Path(metrics_path).parent / "tb"))
     window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
     batches = iter(loader)
     while step < config.steps:
@@ -108,6 +113,11 @@ def train_loop(loop_config: dict) -> None:
                 if metrics_path:
                     with open(metrics_path, "a") as handle:
                         handle.write(json.dumps(report) + "\n")
+                if events is not None:
+                    for name, value in report.items():
+                        if name != "step":
+                            events.add_scalar(name.replace("loss_", "loss/"), value, step)
+                    events.flush()
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save(engine, loader, step, rank, world, report, config, table)
         elif report:
