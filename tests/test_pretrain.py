@@ -49,15 +49,18 @@ def losses(summary: dict) -> list[float]:
     return [json.loads(line)["loss"] for line in Path(summary["metrics_file"]).read_text().splitlines()]
 
 
-@pytest.mark.parametrize("stage", [0, 3])
-def test_loss_falls_with_two_workers(tokens, tmp_path, stage):
-    summary = run_pretrain(config(tokens, tmp_path, f"zero.stage={stage}", "optim.warmup_steps=4"))
-    curve = losses(summary)
-    assert summary["metrics"]["step"] == 24 and len(curve) == 6
-    assert curve[-1] < 0.8 * curve[0]
-    assert Path(summary["plot"]).stat().st_size > 0
-    assert list((Path(summary["metrics_file"]).parent / "tb").glob("events.out.tfevents.*"))
-    assert summary["checkpoint"] is not None
+def test_loss_falls_and_stages_0_and_3_follow_the_same_trajectory(tokens, tmp_path):
+    curves = {}
+    for stage in (0, 3):
+        summary = run_pretrain(config(tokens, tmp_path / f"stage{stage}", f"zero.stage={stage}",
+                                      "optim.warmup_steps=4", "precision=fp32"))
+        curves[stage] = losses(summary)
+        assert summary["metrics"]["step"] == 24 and len(curves[stage]) == 6
+        assert curves[stage][-1] < 0.8 * curves[stage][0]
+        assert Path(summary["plot"]).stat().st_size > 0 and summary["checkpoint"] is not None
+        assert list((Path(summary["metrics_file"]).parent / "tb").glob("events.out.tfevents.*"))
+    # Same seed, same data, fp32: partitioning changes only the order of floating-point reductions.
+    assert curves[0] == pytest.approx(curves[3], rel=1e-3)
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(tokens, tmp_path):
