@@ -17,11 +17,14 @@ from schemas.modalities import implemented_names
 
 
 def zero_bytes(params: int, workers: int) -> dict[str, float]:
+    """Model-state bytes per worker (fp16/bf16 weights and gradients, fp32 master weights and Adam moments)."""
     p, n = params, workers
     return {"zero0": 16 * p, "zero1": 4 * p + 12 * p / n, "zero2": 2 * p + 14 * p / n, "zero3": 16 * p / n}
 
 
 def size_rows(modalities: list[str], input_tokens: int, target_tokens: int, workers: int) -> list[dict]:
+    """One row per registered size. The head FLOPs use the mean vocabulary of the modalities (targets spread
+    evenly over them); token counts only size the fixed position tables, which hold no parameters."""
     specs = [ModalitySpec.from_registry(m) for m in modalities]
     vocab = [s.vocab_size for s in specs]
     rows = []
@@ -36,14 +39,29 @@ def size_rows(modalities: list[str], input_tokens: int, target_tokens: int, work
     return rows
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Model sizes: parameters, training FLOPs per sample, ZeRO memory. "
-                                                 "Default modalities: every implemented one, at 224 px token counts.")
-    parser.add_argument("--workers", type=int, default=8, help="data-parallel workers N for the ZeRO columns")
-    parser.add_argument("--input-tokens", type=int, default=256)
-    parser.add_argument("--target-tokens", type=int, default=256)
-    parser.add_argument("--modalities", nargs="+", default=implemented_names())
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.sizes",
+        description="Every model size: parameters (encoder blocks + final norm, decoder blocks + final norm, "
+                    "embeddings + heads), training FLOPs per sample and ZeRO model-state memory per worker.")
+    parser.add_argument("--workers", type=_positive, default=8, help="data-parallel workers N for the ZeRO columns "
+                                                                     "(default 8)")
+    parser.add_argument("--input-tokens", type=_positive, default=256, help="encoder slots per sample (default 256, "
+                                                                             "as 4M)")
+    parser.add_argument("--target-tokens", type=_positive, default=256, help="decoder slots per sample (default "
+                                                                              "256, as 4M)")
+    parser.add_argument("--modalities", nargs="+", default=implemented_names(), metavar="NAME",
+                        help="the run's modalities, which set the embedding tables and heads (default: every "
+                             "modality the registry marks implemented, at its 224 px token count: "
+                             f"{' '.join(implemented_names())})")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of objects instead of the table")
     args = parser.parse_args(argv)
     rows = size_rows(args.modalities, args.input_tokens, args.target_tokens, args.workers)
     if args.json:

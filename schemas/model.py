@@ -28,4 +28,10 @@ class ModelConfig(ConfigModel):
     def _custom_is_complete(self) -> "ModelConfig":
         if self.size == "custom" and None in (self.dim, self.encoder_depth, self.decoder_depth, self.heads):
             raise ValueError("size custom needs dim, encoder_depth, decoder_depth and heads")
+        # 2-D sin-cos positions split the width into four sin/cos quarters (row and column).
+        if self.dim is not None and self.dim % 4:
+            raise ValueError(f"dim {self.dim} must be divisible by 4")
+        # A width override alone is checked against the size's heads when the model is built (pipeline/model/sizes).
+        if self.dim is not None and self.heads is not None and self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         return self

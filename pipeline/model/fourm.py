@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.model.layers import Block, sincos_1d, sincos_2d
 from pipeline.model.sizes import Dims, resolve
-from schemas.batch import ModalityTable
+from schemas.batch import BATCH_FIELDS, DECODER_FIELDS, ENCODER_FIELDS, ModalityTable
 from schemas.model import ModelConfig
 
 
@@ -30,7 +30,11 @@ class ModelOutput:
 
 
 class Embeddings(nn.Module):
-    """Token + modality + position embeddings of encoder slots and decoder queries."""
+    """Token + modality + position embeddings of encoder slots and decoder queries.
+
+    One token table holds every modality's vocabulary at a per-modality offset, and one fixed table every
+    modality's sin-cos positions, so a slot's embedding is three gathers whatever modality it holds.
+    """
 
     def __init__(self, table: ModalityTable, dim: int):
         super().__init__()
@@ -38,11 +42,12 @@ class Embeddings(nn.Module):
         self.register_buffer("token_offset", torch.tensor([0, *vocab[:-1]]).cumsum(0), persistent=False)
         lengths = [s.max_tokens for s in table.specs]
         self.register_buffer("position_offset", torch.tensor([0, *lengths[:-1]]).cumsum(0), persistent=False)
+        self.register_buffer("last_position", torch.tensor(lengths) - 1, persistent=False)
         positions = [sincos_2d(*s.grid, dim) if s.grid else sincos_1d(s.max_tokens, dim) for s in table.specs]
         self.register_buffer("positions", torch.cat(positions), persistent=False)
         self.tokens = nn.Embedding(sum(vocab), dim)
         self.modality = nn.Embedding(len(table), dim)
-        self.mask = nn.Parameter(torch.zeros(dim))
+        self.mask = nn.Parameter(torch.zeros(dim))  # the input of every parallel decoder query
 
     def forward(self, tokens: torch.Tensor, modality: torch.Tensor, position: torch.Tensor,
                 masked: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,7 +55,10 @@ class Embeddings(nn.Module):
         x = self.tokens(tokens + self.token_offset[modality])
         if masked is not None:
             x = torch.where(masked.unsqueeze(-1), self.mask.to(x.dtype), x)
-        return x + self.modality(modality) + self.positions[position + self.position_offset[modality]].to(x.dtype)
+        # A sequence's target run (sentinels + spans + EOS) can outgrow the row's bound by a few slots; clamping
+        # keeps those on the modality's last position instead of reading the next modality's table (no host sync).
+        position = torch.minimum(position, self.last_position[modality]) + self.position_offset[modality]
+        return x + self.modality(modality) + self.positions[position].to(x.dtype)
 
 
 class FourM(nn.Module):
@@ -70,7 +78,7 @@ class FourM(nn.Module):
 
     # --- encoder -----------------------------------------------------------------------------------------------
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (B, I, D) after the final norm, pad (B, I))."""
+        """(features (B, I, D) after the final norm, pad (B, I)); reads only the enc_* fields (eval probes use it)."""
         pad = batch["enc_pad"]
         x = self.embed(batch["enc_tokens"], batch["enc_modality"], batch["enc_position"])
         mask = _key_mask(pad)
@@ -80,6 +88,7 @@ class FourM(nn.Module):
 
     # --- decoder -----------------------------------------------------------------------------------------------
     def decode(self, batch: dict[str, torch.Tensor], memory: torch.Tensor, memory_pad: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) decoder features after the final norm, before the per-modality heads."""
         causal = batch["dec_causal"]
         x = self.embed(batch["dec_input"], batch["dec_modality"], batch["dec_position"], masked=~causal)
         mask = decoder_mask(batch["dec_modality"], batch["dec_position"], causal, batch["dec_pad"])
@@ -89,17 +98,20 @@ class FourM(nn.Module):
         return self.decoder_norm(x)
 
     def forward(self, batch: dict[str, torch.Tensor], return_logits: bool = False) -> ModelOutput:
+        _check_shapes(batch)
         memory, memory_pad = self.encode(batch)
         hidden = self.decode(batch, memory, memory_pad)
         live = ~batch["dec_pad"]
+        # One host sync for the whole batch: which modalities have target slots.
+        counts = torch.bincount(batch["dec_modality"][live], minlength=len(self.table)).tolist()
         losses, logits, unused = {}, {}, []
         for index, (spec, head) in enumerate(zip(self.table.specs, self.heads)):
-            selected = live & (batch["dec_modality"] == index)
-            if not bool(selected.any()):
+            if not counts[index]:
                 # Keep every head in the graph with a zero-size matmul, so data-parallel gradient reduction sees
                 # the same parameters on every rank whatever modalities each rank's batch holds.
-                unused.append(head(hidden[:0, :0].reshape(0, hidden.shape[-1])).sum())
+                unused.append(head(hidden.new_zeros(0, hidden.shape[-1])).sum())
                 continue
+            selected = live & (batch["dec_modality"] == index)
             out = head(hidden[selected])
             losses[spec.name] = F.cross_entropy(out.float(), batch["dec_target"][selected])
             if return_logits:
@@ -133,10 +145,25 @@ def _key_mask(pad: torch.Tensor) -> torch.Tensor:
     return keys[:, None, None, :]
 
 
+def _check_shapes(batch: dict[str, torch.Tensor]) -> None:
+    """Fail early, with the field's name, on a batch that breaks schemas/batch.py (shapes only: no host sync)."""
+    missing = [name for name in BATCH_FIELDS if name not in batch]
+    if missing:
+        raise KeyError(f"batch lacks fields {missing} (schemas/batch.py)")
+    for fields in (ENCODER_FIELDS, DECODER_FIELDS):
+        shapes = {name: tuple(batch[name].shape) for name in fields}
+        if len(set(shapes.values())) != 1 or len(shapes[fields[0]]) != 2:
+            raise ValueError(f"batch fields must share one (B, slots) shape: {shapes}")
+
+
 def _init(module: nn.Module) -> None:
+    """nanoGPT/4M scale: truncated normal, std 0.02, for every matrix, embedding and the mask embedding."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.trunc_normal_(module.weight, std=0.02)
+    elif isinstance(module, Embeddings):
+        nn.init.trunc_normal_(module.mask, std=0.02)
 
 
 def build_model(config: ModelConfig, table: ModalityTable) -> FourM:
+    """The model of `config`'s size over the run's modality table (buffers and parameters on the current device)."""
     return FourM(config, table)

@@ -23,10 +23,10 @@ class SwiGLU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Self-attention (context None) or cross-attention. `mask` is boolean, True where a query may attend a key,
-    broadcastable to (B, heads, queries, keys)."""
+    """Self-attention (context None) or cross-attention to `context`. `mask` is boolean, True where a query may
+    attend a key, broadcastable to (B, heads, queries, keys). Keys and values share one projection (one matmul)."""
 
-    def __init__(self, dim: int, heads: int, cross: bool = False):
+    def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(dim, dim, bias=False)
@@ -43,7 +43,11 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: self-attention, optional cross-attention to the encoder, SwiGLU MLP."""
+    """Pre-norm block: self-attention, optional cross-attention to the encoder, SwiGLU MLP; bias-free RMSNorm.
+
+    Cross-attention normalises its context per block (as 4M's decoder blocks do), so every decoder block reads the
+    encoder output on its own scale.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float, cross: bool = False):
         super().__init__()
@@ -53,7 +57,7 @@ class Block(nn.Module):
         if cross:
             self.norm_cross = nn.RMSNorm(dim, eps=eps)
             self.norm_context = nn.RMSNorm(dim, eps=eps)
-            self.cross_attn = Attention(dim, heads, cross=True)
+            self.cross_attn = Attention(dim, heads)
         self.norm2 = nn.RMSNorm(dim, eps=eps)
         self.mlp = SwiGLU(dim, mlp_hidden)
 

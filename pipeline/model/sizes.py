@@ -1,4 +1,10 @@
-"""The size registry: 4M's B/L/XL (CONTEXT.md) plus tiny for tests and S for laptops; one place for the numbers."""
+"""The size registry: 4M's S/B/L/XL plus tiny for tests; one place for the numbers (read by the model, the FLOP
+counter and `python -m jobs.sizes`).
+
+B, L and XL are 4M's (CONTEXT.md). S is 4M's public `fm_small_8e_8d` shape (8 + 8 blocks at width 512, 8 heads),
+which the paper does not report. The SwiGLU hidden width is rounded up to a multiple of 64 for matmul efficiency,
+so the block parameters are B 198M (as 4M), L 708M (4M: 705M) and XL 2.83B (4M: 2.82B).
+"""
 
 from __future__ import annotations
 
@@ -27,8 +33,8 @@ class Dims:
 
 
 SIZES: dict[str, Dims] = {
-    "tiny": Dims(dim=64, encoder_depth=2, decoder_depth=2, heads=4),
-    "S": Dims(dim=512, encoder_depth=8, decoder_depth=8, heads=8),
+    "tiny": Dims(dim=64, encoder_depth=2, decoder_depth=2, heads=4),  # tests and the demo
+    "S": Dims(dim=512, encoder_depth=8, decoder_depth=8, heads=8),  # 4M's fm_small
     "B": Dims(dim=768, encoder_depth=12, decoder_depth=12, heads=12),  # 4M-B
     "L": Dims(dim=1024, encoder_depth=24, decoder_depth=24, heads=16),  # 4M-L, ~0.7B
     "XL": Dims(dim=2048, encoder_depth=24, decoder_depth=24, heads=32),  # 4M-XL
@@ -37,7 +43,7 @@ SIZES: dict[str, Dims] = {
 
 def resolve(config: ModelConfig) -> Dims:
     """The dimensions a config asks for: its size's, with any field the config sets replacing the size's own."""
-    base = SIZES.get(config.size, SIZES["tiny"])
+    base = SIZES.get(config.size, SIZES["tiny"])  # `custom` sets all four dimensions (ModelConfig checks)
     overrides = {k: getattr(config, k) for k in ("dim", "encoder_depth", "decoder_depth", "heads")
                  if getattr(config, k) is not None}
     return replace(base, mlp_ratio=config.mlp_ratio, **overrides)
