@@ -184,8 +184,14 @@ def test_positions_past_a_sequences_bound_reuse_its_last_position(model):
     data["enc_position"][0, 0], far["enc_position"][0, 0] = 11, 40  # caption holds 12 positions
     with torch.no_grad():
         torch.testing.assert_close(model.encode(far)[0], model.encode(data)[0])
+
+
+def test_a_batch_breaking_the_contract_is_refused_by_name(model):
+    data = pack([{"rgb": ([0], [1])}], 2, 2)
     with pytest.raises(KeyError, match="dec_pad"):
         model({k: v for k, v in data.items() if k != "dec_pad"})
+    with pytest.raises(ValueError, match="dec_position"):
+        model({**data, "dec_position": data["dec_position"][:, :1]})
 
 
 def test_tiny_overfits_one_batch():

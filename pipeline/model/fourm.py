@@ -62,6 +62,13 @@ class Embeddings(nn.Module):
 
 
 class FourM(nn.Module):
+    """Embeddings -> encoder blocks over the input slots -> decoder blocks over the target slots (self-attention by
+    the contract's rule, cross-attention to every live encoder slot) -> one linear head per modality.
+
+    `forward(batch)` gives the loss; `encode(batch)` the encoder features for probes. Every parameter is used only in
+    the forward of the module that owns it, as DeepSpeed ZeRO-3's per-module gathering requires.
+    """
+
     def __init__(self, config: ModelConfig, table: ModalityTable):
         super().__init__()
         self.config, self.table, self.dims = config, table, resolve(config)
