@@ -9,12 +9,14 @@ from schemas.evaluate import EvaluateConfig
 from schemas.pretrain import PretrainConfig
 from schemas.preprocess import PreprocessConfig
 from schemas.submit import SubmitConfig
+from schemas.train_tokenizer import TrainTokenizerConfig
 
 JOB_CONFIGS: dict[str, type[ConfigModel]] = {
     "preprocess": PreprocessConfig,
     "submit": SubmitConfig,
     "evaluate": EvaluateConfig,
     "pretrain": PretrainConfig,
+    "train_tokenizer": TrainTokenizerConfig,
 }
 
 

@@ -41,6 +41,19 @@ class TokenizerFamily(str, enum.Enum):
     DATA2SEQ = "data2seq"  # Meta-Transformer-style front end + discrete bottleneck
 
 
+class Values(str, enum.Enum):
+    """What a dense or vector modality's label values mean: how a neural tokenizer reads them, which loss fits
+    them and which score says how well they were reconstructed (see pipeline/tokenizers/codecs.py)."""
+
+    COLOR = "color"  # uint8 RGB (H, W, 3)
+    DEPTH = "depth"  # float (H, W), positive, errors matter relative to the value
+    CLASSES = "classes"  # uint8 class ids (H, W)
+    BINARY = "binary"  # uint8 0/255 masks (H, W), e.g. edges
+    UNIT_VECTOR = "unit_vector"  # uint8 RGB (H, W, 3) = (n + 1) / 2 * 255 of unit vectors n
+    FEATURES = "features"  # float (h, w, C) per-patch features of a frozen network
+    VECTOR = "vector"  # float (C,) one embedding per sample
+
+
 class Source(str, enum.Enum):
     FOURM21 = "4M-21"
     META_TRANSFORMER = "Meta-Transformer"
@@ -72,6 +85,7 @@ class Modality:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     # Values are class ids, not magnitudes: resampled with nearest neighbour, scored with IoU, never averaged.
     categorical: bool = False
+    values: Values | None = None  # for the neural tokenizer families; None for text-like and unbuilt ones
 
     def __post_init__(self) -> None:
         if (self.num_tokens is None) == (self.max_tokens is None):
@@ -147,7 +161,7 @@ _BOTH = (_S.FOURM21, _S.META_TRANSFORMER)
 
 # --- 4M-21 -----------------------------------------------------------------------------------------------------
 register(Modality("rgb", _F.IMAGE_LIKE, _T.IMAGE_VQ, 16_384, "jpg", _BOTH, "RGB image", num_tokens=196,
-                  implemented=True, aliases=("image",)))
+                  implemented=True, aliases=("image",), values=Values.COLOR))
 register(Modality("caption", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "txt", _BOTH, "caption / free text",
                   max_tokens=256, implemented=True, aliases=("text",)))
 register(Modality("t5_caption", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M,
@@ -155,13 +169,13 @@ register(Modality("t5_caption", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M
 register(Modality("det", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
                   "bounding boxes as `xmin ymin xmax ymax class` runs with 1000 coordinate bins", max_tokens=256))
 register(Modality("semseg", _F.IMAGE_LIKE, _T.IMAGE_VQ, 4_096, "png", _4M, "COCO semantic segmentation",
-                  num_tokens=196, implemented=True, categorical=True))
+                  num_tokens=196, implemented=True, categorical=True, values=Values.CLASSES))
 register(Modality("depth", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "npy", _4M, "monocular depth", num_tokens=196,
-                  implemented=True))
+                  implemented=True, values=Values.DEPTH))
 register(Modality("normal", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "surface normals", num_tokens=196,
-                  implemented=True))
+                  implemented=True, values=Values.UNIT_VECTOR))
 register(Modality("canny_edge", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "Canny edges", num_tokens=196,
-                  implemented=True))
+                  implemented=True, values=Values.BINARY))
 register(Modality("sam_edge", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "edges of SAM instances",
                   num_tokens=196))
 register(Modality("sam_instance", _F.INSTANCES, _T.MASK_VQ, 1_024, "npy", _4M,
@@ -174,18 +188,19 @@ register(Modality("metadata", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "jso
                   "image metadata computed from pixels and captions", max_tokens=40,
                   implemented=True))
 register(Modality("clip_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M, "CLIP-B/16 feature map",
-                  num_tokens=196, implemented=True))
+                  num_tokens=196, implemented=True, values=Values.FEATURES))
 register(Modality("dinov2_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M, "DINOv2-B/14 feature map",
-                  num_tokens=256, implemented=True))
+                  num_tokens=256, implemented=True, values=Values.FEATURES))
 register(Modality("dinov2_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _4M,
-                  "DINOv2-B/14 global embedding", num_tokens=16, implemented=True))
+                  "DINOv2-B/14 global embedding", num_tokens=16, implemented=True, values=Values.VECTOR))
 register(Modality("imagebind_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M,
                   "ImageBind-H/14 feature map", num_tokens=256))
 register(Modality("imagebind_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _4M,
                   "ImageBind-H/14 global embedding", num_tokens=16))
 # --- Tessera additions -----------------------------------------------------------------------------------------
 register(Modality("caption_embedding", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _TS,
-                  "MiniLM sentence embedding of the caption", num_tokens=16, implemented=True))
+                  "MiniLM sentence embedding of the caption", num_tokens=16, implemented=True,
+                  values=Values.VECTOR))
 # --- Meta-Transformer (text and image are `caption` and `rgb` above) --------------------------------------------
 register(Modality("point_cloud", _F.POINT_CLOUD, _T.DATA2SEQ, 8_192, "npy", _MT,
                   "point cloud: farthest-point sampling, k-NN groups of 32", max_tokens=512))

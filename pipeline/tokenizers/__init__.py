@@ -2,11 +2,16 @@
 
 `base` is the interface they share (encode/decode, vocab size, files + content hash, save/load); `text` is the
 shared WordPiece vocabulary of captions and text-like modalities; `sequence` writes structured labels (boxes,
-palettes, metadata) as text in that vocabulary. Importing this package registers every family.
+palettes, metadata) as text in that vocabulary; `image` (image-like and feature maps) and `global_mlp` (global
+embeddings) are the neural families, built on `neural`, `quantizers` (FSQ, VQ) and `codecs` (what each kind of
+label value looks like to a network), trained with `fit`. Importing this package registers every family.
 """
 
 from pipeline.tokenizers.base import Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_from_files
+from pipeline.tokenizers.global_mlp import GlobalEmbeddingTokenizer
+from pipeline.tokenizers.image import FeatureMapTokenizer, ImageTokenizer
 from pipeline.tokenizers.members import encode_members
+from pipeline.tokenizers.neural import NeuralTokenizer
 from pipeline.tokenizers.sequence import (
     decode_records,
     dequantize,
@@ -17,6 +22,10 @@ from pipeline.tokenizers.sequence import (
 from pipeline.tokenizers.text import TextTokenizer, train_wordpiece
 
 __all__ = [
+    "FeatureMapTokenizer",
+    "GlobalEmbeddingTokenizer",
+    "ImageTokenizer",
+    "NeuralTokenizer",
     "TextTokenizer",
     "Tokenizer",
     "TokenizerConfig",

@@ -2,7 +2,7 @@
 
 This is what the preprocess tokenize stage calls, so data code never asks which family a modality uses: each
 family registers how it turns its modality's members into ids (WordPiece: parse the record, write it as text in
-the shared vocabulary, encode; image families will decode pixels and run their encoder).
+the shared vocabulary, encode; neural families: read the array through their codec and run their encoder).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.tokenizers.base import Tokenizer
+from pipeline.tokenizers.neural import NeuralTokenizer
 from pipeline.tokenizers.sequence import encode_records, get_serializer
 from pipeline.tokenizers.text import TextTokenizer
 from schemas.modalities import TokenizerFamily, get_modality
 
 MemberEncoder = Callable[[Tokenizer, str, Sequence[bytes]], list[np.ndarray]]
+NEURAL_BATCH = 64  # samples per forward pass of a neural tokenizer
 MEMBER_ENCODERS: dict[TokenizerFamily, MemberEncoder] = {}
 
 
@@ -40,4 +42,16 @@ def _wordpiece(tokenizer: TextTokenizer, modality: str, payloads: Sequence[bytes
     return [row[row != tokenizer.pad_id] for row in ids]  # PAD only ever trails: rows are stored at their own length
 
 
+def _neural(tokenizer: NeuralTokenizer, modality: str, payloads: Sequence[bytes]) -> list[np.ndarray]:
+    if tokenizer.modality != get_modality(modality).name:
+        raise ValueError(f"{tokenizer.tokenizer_id} was trained on {tokenizer.modality}, not {modality}")
+    ids = np.zeros((0, tokenizer.tokens_per_sample), dtype=np.int32)
+    for start in range(0, len(payloads), NEURAL_BATCH):
+        batch = [tokenizer.read(p) for p in payloads[start:start + NEURAL_BATCH]]
+        ids = np.concatenate([ids, tokenizer.encode(batch)])
+    return list(ids)
+
+
 MEMBER_ENCODERS[TokenizerFamily.WORDPIECE] = _wordpiece
+for _family in (TokenizerFamily.IMAGE_VQ, TokenizerFamily.FEATURE_VQ, TokenizerFamily.GLOBAL_MLP):
+    MEMBER_ENCODERS[_family] = _neural

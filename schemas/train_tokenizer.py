@@ -1,0 +1,65 @@
+"""Typed config of the tokenizer training job (`configs/train_tokenizer/*.yaml`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from pydantic import Field
+
+from schemas.config import ConfigModel
+from schemas.modalities import require_implemented
+from schemas.preprocess import StorageConfig
+from schemas.pretrain import OptimConfig
+
+
+class TrainTokenizerConfig(ConfigModel):
+    modality: str | None = None
+    input: str | None = None  # label shards (a preprocess output; local or s3://)
+    output: str | None = None  # the trained tokenizer's directory (local or s3://)
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # run name; default tokenizer-<modality>
+    tokenizer_id: str | None = None  # default <modality>-<quantizer kind>
+    storage_path: str = "runs"  # Ray Train run directories and checkpoints (local or s3://)
+    workers: int = Field(default=2, ge=1)
+    cpus_per_worker: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    steps: int = Field(default=2000, ge=1)
+    # Stop early, at the same step on every rank, once this much training time has passed (None: run all steps).
+    time_limit_minutes: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=32, ge=1)  # per worker
+    optim: OptimConfig = OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=100)
+    # The family's architecture, validated by the family's own settings (pipeline/tokenizers: image.ImageSettings,
+    # global_mlp.GlobalSettings), e.g. {widths: [16, 32, 64, 128], quantizer: {kind: vq, codebook_size: 1024}}.
+    model: dict[str, Any] = Field(default_factory=dict)
+    fit_samples: int = Field(default=512, ge=1)  # training samples the input normalisation is fitted on
+    holdout_fraction: float = Field(default=0.05, gt=0, lt=1)  # of keys, by hash; never trained on
+    eval_samples: int = Field(default=512, ge=1)
+    checkpoint_every: int = Field(default=200, ge=1)
+    num_to_keep: int = Field(default=2, ge=1)
+    max_failures: int = Field(default=0, ge=-1)
+    log_every: int = Field(default=50, ge=1)
+    seed: int = 0
+    storage: StorageConfig = StorageConfig()
+    address: str | None = None
+
+    @pydantic.field_validator("modality")
+    @classmethod
+    def _modality(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        try:
+            return require_implemented(name).name
+        except (KeyError, NotImplementedError) as exc:
+            raise ValueError(str(exc)) from None
+
+    @pydantic.field_validator("optim")
+    @classmethod
+    def _no_accumulation(cls, optim: OptimConfig) -> OptimConfig:
+        if optim.grad_accumulation != 1:
+            raise ValueError("tokenizer training steps every batch; raise batch_size or workers instead of "
+                             "grad_accumulation")
+        return optim
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"tokenizer-{self.modality}"
