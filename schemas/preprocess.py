@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import pydantic
@@ -21,6 +22,13 @@ class StorageConfig(ConfigModel):
     anon: bool = False
     access_key_id: pydantic.SecretStr | None = Field(default=None, repr=False)
     secret_access_key: pydantic.SecretStr | None = Field(default=None, repr=False)
+
+
+def tokenizer_uri(value: str, root: str) -> str:
+    """A tokenizer directory, or a bare tokenizer name under `root`; local paths made absolute."""
+    is_name = "://" not in value and "/" not in value and value not in (".", "..")
+    uri = f"{root.rstrip('/')}/{value}" if is_name else value
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 class ReaderConfig(ConfigModel):
@@ -73,8 +81,10 @@ class PreprocessConfig(ConfigModel):
     # label: raw corpus -> label shards; tokenize: label shards -> token shards (tok_<modality>/) beside them.
     stages: tuple[Literal["label", "tokenize"], ...] = ("label",)
     modalities: tuple[str, ...] = ("rgb", "caption", "canny_edge", "color_palette", "metadata")
-    # modality -> trained tokenizer directory (local or s3://) for the tokenize stage
+    # modality -> trained tokenizer for the tokenize stage: a directory (local or s3://), or a bare name (a
+    # tokenizer id such as `rgb-fsq`) looked up under `tokenizer_root`, where train_tokenizer writes by default.
     tokenizers: dict[str, str] = Field(default_factory=dict)
+    tokenizer_root: str = "tokenizers"
     overwrite: bool = False
     reader: ReaderConfig = ReaderConfig()
     image: ImageConfig = ImageConfig()
@@ -101,6 +111,10 @@ class PreprocessConfig(ConfigModel):
             return {require_implemented(name).name: uri for name, uri in tokenizers.items()}
         except (KeyError, NotImplementedError) as exc:
             raise ValueError(str(exc)) from None
+
+    def tokenizer_uris(self) -> dict[str, str]:
+        """Every configured tokenizer as a URI that means the same on every Ray worker (local paths absolute)."""
+        return {modality: tokenizer_uri(value, self.tokenizer_root) for modality, value in self.tokenizers.items()}
 
     @pydantic.model_validator(mode="after")
     def _stages_have_what_they_need(self) -> "PreprocessConfig":

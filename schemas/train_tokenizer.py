@@ -16,7 +16,7 @@ from schemas.pretrain import OptimConfig
 class TrainTokenizerConfig(ConfigModel):
     modality: str | None = None
     input: str | None = None  # label shards (a preprocess output; local or s3://)
-    output: str | None = None  # the trained tokenizer's directory (local or s3://)
+    output: str | None = None  # the tokenizer's directory (local or s3://); default tokenizers/<tokenizer_id>
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # run name; default tokenizer-<modality>
     tokenizer_id: str | None = None  # default <modality>-<quantizer kind>
     storage_path: str = "runs"  # Ray Train run directories and checkpoints (local or s3://)

@@ -231,7 +231,7 @@ def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, sha
     _log_plan(log, plan, shards, len(pending), output.root)
     if not pending:
         return
-    stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizers,
+    stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizer_uris(),
                     storage_config=config.storage)
     ds = ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
     for count, row in enumerate(ds.map_batches(stage, batch_size=1).iter_rows(), start=1):

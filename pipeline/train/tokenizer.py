@@ -159,8 +159,8 @@ def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = 
     from pipeline.tokenizers.codecs import read_member
     from pipeline.tokenizers.fit import new_tokenizer
 
-    if not (config.modality and config.input and config.output):
-        raise ValueError("train_tokenizer needs --modality, --input (label shards) and --output")
+    if not (config.modality and config.input):
+        raise ValueError("train_tokenizer needs --modality and --input (label shards)")
     labels = Storage(config.input, config.storage)
 
     def read(payload: bytes):
@@ -169,7 +169,10 @@ def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = 
     fit = [a for _, a in iter_split(labels, config.modality, read, holdout=config.holdout_fraction, held_out=False,
                                     limit=config.fit_samples)]
     kind = config.model.get("quantizer", {}).get("kind", "fsq")
-    tokenizer = new_tokenizer(config.modality, config.tokenizer_id or f"{config.modality}-{kind}", fit, config.model)
+    tokenizer_id = config.tokenizer_id or f"{config.modality}-{kind}"
+    tokenizer = new_tokenizer(config.modality, tokenizer_id, fit, config.model)
+    # Without --output the tokenizer goes where preprocess looks names up (`tokenizers={rgb: rgb-fsq}`).
+    config = config.model_copy(update={"output": config.output or f"tokenizers/{tokenizer_id}"})
     print(f"train_tokenizer {config.run_name}: {tokenizer.tokenizer_id} ({type(tokenizer).__name__}, "
           f"{sum(p.numel() for p in tokenizer.network.parameters()):,} parameters, {tokenizer.tokens_per_sample} "
           f"tokens of {tokenizer.vocab_size} codes) on {config.workers} worker(s), {config.steps} steps", flush=True)
