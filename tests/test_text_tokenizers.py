@@ -77,6 +77,16 @@ def test_captions_round_trip(tokenizer: TextTokenizer, captions: list[str]) -> N
     assert tokenizer.decode(ids) == [c.lower() for c in captions]
 
 
+def test_unicode_captions_round_trip() -> None:
+    captions = ["Ein grüner Ball im Schnee.", "東京の夜景 at night", "Ελληνικά γράμματα", "a façade — and 🙂 too"]
+    tokenizer = train_wordpiece(captions * 3, 4_400)
+    ids = tokenizer.encode(captions, max_len=64)
+    assert tokenizer.unk_id not in ids  # the corpus's own characters joined the alphabet
+    # Lowercased with accents stripped (the BERT normalisation), every other character kept.
+    assert tokenizer.decode(ids) == ["ein gruner ball im schnee.", "東京の夜景 at night", "ελληνικα γραμματα",
+                                     "a facade — and 🙂 too"]
+
+
 def test_reserved_tokens_are_single_fixed_ids(tokenizer: TextTokenizer) -> None:
     assert [tokenizer.token_id(t) for t in (PAD, UNK, SOS, EOS)] == [0, 1, 2, 3]
     assert [tokenizer.sentinel_id(i) for i in (0, 199)] == [4, 4 + NUM_SENTINELS - 1]

@@ -59,13 +59,28 @@ def special_tokens() -> list[str]:
     return [PAD, UNK, SOS, EOS, *(sentinel_token(i) for i in range(NUM_SENTINELS))]
 
 
+def corpus_alphabet(texts: Iterable[str], min_count: int = 1) -> str:
+    """ASCII plus every character the normalised corpus uses at least `min_count` times (CJK, Greek, emoji...),
+    sorted, so the alphabet is a function of the corpus alone."""
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    counts: dict[str, int] = {}
+    for text in texts:
+        for char in normalizer.normalize_str(text):
+            if not char.isspace():
+                counts[char] = counts.get(char, 0) + 1
+    return "".join(sorted(set(ASCII_ALPHABET) | {c for c, n in counts.items() if n >= min_count}))
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
-                    alphabet: str = ASCII_ALPHABET, name: str = "shared_text") -> TextTokenizer:
+                    alphabet: str | None = None, name: str = "shared_text") -> TextTokenizer:
     """Train the shared vocabulary on `texts`; equal inputs give byte-identical files and content hash.
 
     `vocab_size` counts every token, reserved ones included; a small corpus may stop below it. Feed captions and,
-    if the corpus has them, serialized structured labels (class names then get their own pieces).
+    if the corpus has them, serialized structured labels (class names then get their own pieces). `alphabet`
+    defaults to ASCII plus the characters of the corpus (`corpus_alphabet`), so unicode text round-trips.
     """
+    texts = list(texts)
+    alphabet = corpus_alphabet(texts) if alphabet is None else alphabet
     words = structure_words()
     reserved = [*special_tokens(), *value_tokens(), *words]
     # HF's trainer creates each `##c` piece when it first meets it while iterating a hash map, so ids, and through
@@ -106,11 +121,14 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, *, min_frequency: int
 
 # WordPiece loses the spacing around punctuation; decoding puts it back by fixed English rules: no space before
 # closing punctuation, none after "(", none around hyphens, apostrophes and slashes, none inside "3.5".
+_CJK = "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 _SPACING_RULES = [
     (re.compile(r" ([.,;:!?%)])"), r"\1"),
     (re.compile(r"\( "), "("),
     (re.compile(r" ?([-'/]) ?"), r"\1"),
     (re.compile(r"(\d)\. (\d)"), r"\1.\2"),
+    # The BERT normaliser splits CJK ideographs and kana into one word each; those scripts write no spaces.
+    (re.compile(f"(?<={_CJK}) (?={_CJK})"), ""),
 ]
 
 
