@@ -1,7 +1,7 @@
 """Image-like and feature-map tokenizers: a convolutional autoencoder with an FSQ or VQ bottleneck.
 
 The encoder halves the resolution once per stage after the first (`widths` = one width per stage), so a 64 px map
-with three stages becomes an 8x8 grid: 64 tokens, row-major, as the batch contract numbers grid positions. The
+with four stages becomes an 8x8 grid: 64 tokens, row-major, as the batch contract numbers grid positions. The
 decoder mirrors it with nearest upsampling + convolution. 4M uses ViT tokenizers at 224 px on GPUs; residual convs
 reach the same kind of discrete bottleneck at a fraction of the compute, which is what a CPU-sized tokenizer
 needs, and nothing else in Tessera depends on the choice. Feature maps (CLIP/DINOv2 patch features) already are
@@ -23,7 +23,7 @@ from schemas.modalities import TokenizerFamily
 
 class ImageSettings(NeuralSettings):
     resolution: int = Field(default=64, ge=1)  # input side (pixels, or patches for feature maps)
-    widths: tuple[int, ...] = Field(default=(32, 64, 128), min_length=1)
+    widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), min_length=1)  # 64 px -> 8x8 tokens
     blocks: int = Field(default=1, ge=0)  # residual blocks per stage
 
     @property
