@@ -144,7 +144,9 @@ class QuantizerSettings(ConfigModel):
     """The bottleneck of a neural tokenizer; `kind` is the one switch between FSQ and a VQ codebook."""
 
     kind: Literal["fsq", "vq"] = "fsq"
-    levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ: vocabulary prod(levels), latent dim len(levels)
+    # FSQ: vocabulary prod(levels), latent dim len(levels). 875 codes: 27.3 dB and 94% of codes used on held-out
+    # RGB at 64 px after 10 CPU minutes, where 1000 codes left 15% unused (BENCHMARKS.md).
+    levels: tuple[int, ...] = (7, 5, 5, 5)
     codebook_size: int = Field(default=1024, ge=2)  # VQ
     code_dim: int = Field(default=32, ge=1)  # VQ latent dim
     ema_decay: float = Field(default=0.99, gt=0, lt=1)
