@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.train.loop import _first_failure  # the same one-failure test hook as pretraining
 from pipeline.train.schedule import lr_factor
 from schemas.train_tokenizer import TrainTokenizerConfig
 
@@ -138,14 +139,6 @@ def _report(tokenizer, optimizer, step: int, history: list[dict], rank: int, con
 
 def _files(directory: str, like: dict[str, bytes]) -> dict[str, bytes]:
     return {name: Path(directory, name).read_bytes() for name in like}
-
-
-def _first_failure(loop_config: dict) -> bool:
-    marker = Path(loop_config["failure_marker"])
-    if marker.exists():
-        return False
-    marker.write_text("failed once")
-    return True
 
 
 def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = None) -> dict:
