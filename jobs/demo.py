@@ -1,9 +1,9 @@
 """python -m jobs.demo --out DIR: the whole system on the embedded sample corpus, on a local Ray instance.
 
-Today: generate the corpus, preprocess it into label shards, train the shared WordPiece vocabulary on its captions
-and tokenize the text-like modalities, read everything back through the webdataset library, check it, print a
-summary (plus a preview PNG), then pretrain a tiny model on the token shards, plot its loss, export it and evaluate
-it on the probe tasks its modalities allow. Image tokenizers join here as they land.
+Generate the corpus, preprocess it into label shards, train the shared WordPiece vocabulary on its captions and a
+small RGB tokenizer on its images (Ray Train), tokenize every modality, read everything back through the
+webdataset library, check it, print a summary (plus preview PNGs), then pretrain a tiny model on the token shards,
+plot its loss, export it and evaluate it on the tasks its modalities allow.
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ from pipeline.data.storage import Storage
 from pipeline.tokenizers import train_wordpiece
 from pipeline.train.export import export_checkpoint
 from pipeline.train.loop import read_metrics
+from pipeline.train.tokenizer import run_train_tokenizer
 from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
 from schemas.preprocess import PreprocessConfig
 from schemas.pretrain import PretrainConfig
+from schemas.train_tokenizer import TrainTokenizerConfig
 
 
 TEXT_VOCAB = 4_700  # the sample corpus's captions run out of new pieces just above 4,650
+# Tasks the demo's modalities allow (depth and semseg targets need those folders: see README).
+DEMO_TASKS = ("object_count", "largest_shape", "object_count_from_palette", "largest_shape_from_caption",
+              "retrieval_rgb_to_caption", "retrieval_caption_to_rgb")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--resolution", type=int, default=64, help="image resolution of the shards")
     parser.add_argument("--steps", type=int, default=200, help="pretraining steps of the tiny model")
+    # A step count, not a time limit, so that the demo's shards and numbers are the same on every run.
+    parser.add_argument("--tokenizer-steps", type=int, default=150,
+                        help="training steps of the demo's RGB tokenizer (bench/tokenizer.py trains for 10 minutes)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -60,16 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(preprocess_summary(run_preprocess(config)))
 
-    step("3/6 tokenize text-like modalities")
+    step("3/6 tokenizers: WordPiece for text-like modalities, an FSQ tokenizer for RGB (Ray Train, 2 workers)")
     storage = Storage(config.output, config.storage)
     captions = [payload.decode("utf-8") for _, payload in iter_members(storage, "caption")]
     tokenizer = train_wordpiece(captions, vocab_size=TEXT_VOCAB)
     tokenizer_dir = tokenizer.save(f"{out}/tokenizers/wordpiece")
     print(f"trained {tokenizer.tokenizer_id} ({tokenizer.vocab_size} ids, hash {tokenizer.content_hash[:12]}) "
           f"on {len(captions)} captions -> {tokenizer_dir}")
+    rgb = load_config(TrainTokenizerConfig, REPO_ROOT / "configs/train_tokenizer/default.yaml", [
+        "modality=rgb", f"input={config.output}", f"output={out}/tokenizers/rgb-fsq", f"storage_path={out}/runs",
+        "name=demo-rgb-tokenizer", f"steps={args.tokenizer_steps}", "log_every=25",
+        f"checkpoint_every={args.tokenizer_steps}", "optim.warmup_steps=20"])
+    run_train_tokenizer(rgb)
     text_modalities = [m for m in ("caption", "color_palette", "metadata") if m in config.modalities]
-    tokenize = config.model_copy(update={"stages": ("tokenize",), "tokenizers": {m: str(tokenizer_dir)
-                                                                                 for m in text_modalities}})
+    tokenizers = {**{m: str(tokenizer_dir) for m in text_modalities}, "rgb": rgb.output}
+    tokenize = config.model_copy(update={"stages": ("tokenize",), "tokenizers": tokenizers})
     report = run_preprocess(tokenize)
     for folder, stats in report["tokens"].items():
         print(f"  {folder:<18} {stats['tokens']:>7} tokens, {stats['mean_per_sample']:>6} per sample, "
@@ -85,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         if folder in checked.first_sample:
             print(f"  first {folder}: {checked.first_sample[folder].decode()[:110]}")
     write_preview(storage, "preview.png")
-    print(f"preview of the first samples: {storage.uri('preview.png')}")
+    print(f"preview of the first samples: {storage.uri('preview.png')}; RGB through its tokens: "
+          f"{rgb.output}/reconstructions.png")
 
     step("5/6 pretrain a tiny any-to-any model (Ray Train + DeepSpeed ZeRO-2, 2 workers)")
     pretrain = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/tiny.yaml", [
         f"data={config.output}", f"storage_path={out}/runs", f"steps={args.steps}", "name=demo-tiny",
-        f"modalities=[{', '.join(text_modalities)}]",
+        f"modalities=[rgb, {', '.join(text_modalities)}]",
     ])
     summary = run_pretrain(pretrain)
     curve = [m["loss"] for m in read_metrics(summary["metrics_file"])]
@@ -100,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {summary['checkpoint']}\nexported to {exported}")
 
     step("6/6 evaluate the tiny model: one Ray task per task, against trivial baselines")
-    # Image tokenizers are not in the demo yet, so it scores the probes that read text-like inputs.
-    evaluate_main(["--checkpoint", exported, "--tasks", "object_count_from_palette,largest_shape_from_caption",
-                   "--data", config.output, "--out", f"{out}/eval"])
+    evaluate_main(["--checkpoint", exported, "--tasks", ",".join(DEMO_TASKS), "--data", config.output,
+                   "--out", f"{out}/eval", "--set", f"tokenizers={{rgb: {rgb.output}}}"])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
     return 0
 
