@@ -51,11 +51,16 @@ def split_args(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
     return own, rest
 
 
+# Jobs that never start Ray (file copies and tables): they run on the head as they are, with no --address.
+RAYLESS_JOBS = frozenset({"export", "sample_corpus", "sizes"})
+
+
 def entrypoint(job: str, args: list[str]) -> str:
     if job not in available_jobs():
         raise SystemExit(f"error: no job {job!r}; jobs: {', '.join(available_jobs())}")
     # The job's driver joins the cluster it runs on; without this it would start a private local instance.
-    return shlex.join([*"python -m".split(), f"jobs.{job}", *args, "--address", "auto"])
+    address = [] if job in RAYLESS_JOBS else ["--address", "auto"]
+    return shlex.join([*"python -m".split(), f"jobs.{job}", *args, *address])
 
 
 def runtime_env(config: SubmitConfig) -> dict:

@@ -16,15 +16,15 @@ from cluster.connect import connect
 from jobs.cli import REPO_ROOT, run_job
 from jobs.evaluate import main as evaluate_main
 from jobs.preprocess import summary as preprocess_summary
-from pipeline.data.inspect import iter_members, verify_output
+from pipeline.data.inspect import verify_output
 from pipeline.data.preprocess import run_preprocess
 from pipeline.data.preview import write_preview
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
-from pipeline.tokenizers import train_wordpiece
 from pipeline.train.export import export_checkpoint
 from pipeline.train.loop import read_metrics
 from pipeline.train.tokenizer import run_train_tokenizer
+from pipeline.train.wordpiece import run_train_wordpiece
 from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
@@ -70,11 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     step("3/6 tokenizers: WordPiece for text-like modalities, an FSQ tokenizer for RGB (Ray Train, 2 workers)")
     storage = Storage(config.output, config.storage)
-    captions = [payload.decode("utf-8") for _, payload in iter_members(storage, "caption")]
-    tokenizer = train_wordpiece(captions, vocab_size=TEXT_VOCAB)
-    tokenizer_dir = tokenizer.save(f"{out}/tokenizers/wordpiece")
-    print(f"trained {tokenizer.tokenizer_id} ({tokenizer.vocab_size} ids, hash {tokenizer.content_hash[:12]}) "
-          f"on {len(captions)} captions -> {tokenizer_dir}")
+    tokenizer_dir = run_train_wordpiece(TrainTokenizerConfig(
+        modality="caption", input=config.output, output=f"{out}/tokenizers/wordpiece",
+        model={"vocab_size": TEXT_VOCAB}))["output"]
     rgb = load_config(TrainTokenizerConfig, REPO_ROOT / "configs/train_tokenizer/default.yaml", [
         "modality=rgb", f"input={config.output}", f"output={out}/tokenizers/rgb-fsq", f"storage_path={out}/runs",
         "name=demo-rgb-tokenizer", f"steps={args.tokenizer_steps}", "log_every=25",

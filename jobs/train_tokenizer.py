@@ -1,8 +1,9 @@
 """python -m jobs.train_tokenizer --modality NAME --input LABEL_SHARDS --output DIR [--config FILE] [--set k=v ...]
 
 Trains the modality's neural tokenizer (image-like maps, feature maps, global embeddings) on Ray Train and writes
-it with its held-out metrics, a reconstruction grid and its loss curve. The text-like modalities share the
-WordPiece vocabulary instead (`pipeline.tokenizers.train_wordpiece`). Rerunning the same command resumes.
+it with its held-out metrics, a reconstruction grid and its loss curve; rerunning the same command resumes. For a
+text-like modality (`--modality caption`) it trains the shared WordPiece vocabulary on its texts instead, on the
+driver (`--set model.vocab_size=N`, default the registry's 30,000).
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 from cluster.connect import connect
 from jobs.cli import job_parser, load_job_config, run_job
 from pipeline.train.tokenizer import run_train_tokenizer
+from pipeline.train.wordpiece import run_train_wordpiece
+from schemas.modalities import TokenizerFamily, get_modality
 from schemas.train_tokenizer import TrainTokenizerConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Train a discrete tokenizer for one modality on label shards (Ray Train).",
                         "configs/train_tokenizer/default.yaml")
-    parser.add_argument("--modality", help="e.g. rgb, depth, semseg, canny_edge, normal, caption_embedding")
+    parser.add_argument("--modality", help="e.g. rgb, depth, semseg, canny_edge, normal, caption_embedding; caption for WordPiece")
     parser.add_argument("--input", help="label shards: a preprocess output (directory or s3://)")
     parser.add_argument("--output", help="directory (or s3://) for the tokenizer, metrics.json and plots")
     parser.add_argument("--workers", type=int)
@@ -27,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         "modality": args.modality, "input": args.input, "output": args.output, "workers": args.workers,
         "name": args.name, "storage_path": args.storage, "address": args.address,
     })
+    if config.modality and get_modality(config.modality).tokenizer is TokenizerFamily.WORDPIECE:
+        run_train_wordpiece(config)
+        return 0
     connect(config.address)
     summary = run_train_tokenizer(config)
     print(f"tokenizer: {summary['output']} (metrics.json, reconstructions.png, loss.png)")

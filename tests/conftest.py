@@ -52,6 +52,14 @@ def ray_session(ray_cluster: LocalCluster) -> Iterator[ClusterSummary]:
 
 
 @pytest.fixture(scope="session")
+def tokens(ray_session: ClusterSummary, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Token shards for pretraining (tests/token_shards.py), made once per session; tests only read them."""
+    from token_shards import write_token_shards
+
+    return write_token_shards(tmp_path_factory.mktemp("token-shards"))
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 endpoint over HTTP (moto's server) on a free localhost port, for the whole session."""
     from moto.server import ThreadedMotoServer

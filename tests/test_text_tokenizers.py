@@ -255,3 +255,20 @@ def test_sentinels_survive_decoding(tokenizer: TextTokenizer) -> None:
     text = f"a {sentinel_token(0)} circle on {sentinel_token(1)} background."
     assert tokenizer.decode(tokenizer.encode([text], 32)) == [text]
     assert tokenizer.token_id(SOS) == 2
+
+
+def test_train_tokenizer_job_trains_the_shared_wordpiece_on_label_shards(tokens, tmp_path):
+    """`jobs.train_tokenizer --modality caption` is the WordPiece path: no Ray Train, same bytes as the library call."""
+    from jobs.demo import TEXT_VOCAB
+    from jobs.train_tokenizer import main
+    from pipeline.data.inspect import iter_members
+    from pipeline.data.storage import Storage
+    from schemas.preprocess import StorageConfig
+
+    out = tmp_path / "wordpiece"
+    assert main(["--modality", "caption", "--input", tokens, "--output", str(out),
+                 "--set", f"model.vocab_size={TEXT_VOCAB}"]) == 0
+    captions = [p.decode() for _, p in iter_members(Storage(tokens, StorageConfig()), "caption")]
+    assert load_tokenizer(out).content_hash == train_wordpiece(captions, vocab_size=TEXT_VOCAB).content_hash
+    with pytest.raises(ValueError, match="model.vocab_size and model.min_frequency; unknown: \\['widths'\\]"):
+        main(["--modality", "caption", "--input", tokens, "--output", str(out), "--set", "model.widths=[8]"])

@@ -1,0 +1,36 @@
+"""Train the shared WordPiece vocabulary of the text-like modalities on label shards (no Ray: one pass over text).
+
+4M-21 gives captions, metadata, palettes and other serialized labels one vocabulary, so one run serves every
+text-like modality; the job is `python -m jobs.train_tokenizer --modality caption` like the neural families.
+"""
+
+from __future__ import annotations
+
+from pipeline.data.inspect import iter_members
+from pipeline.data.storage import Storage
+from pipeline.tokenizers import train_wordpiece
+from schemas.modalities import SHARED_TEXT_VOCAB
+from schemas.train_tokenizer import TrainTokenizerConfig
+
+
+def run_train_wordpiece(config: TrainTokenizerConfig) -> dict:
+    """Train on every `config.modality` member of the label shards at `config.input`; write to `config.output`.
+
+    `model.vocab_size` (default: the registry's shared vocabulary size) counts every id; a small corpus stops below.
+    """
+    extra = set(config.model) - {"vocab_size", "min_frequency"}
+    if extra:
+        raise ValueError(f"the wordpiece family takes model.vocab_size and model.min_frequency; unknown: {sorted(extra)}")
+    labels = Storage(config.input, config.storage)
+    texts = [payload.decode("utf-8") for _, payload in iter_members(labels, config.modality)]
+    if not texts:
+        raise ValueError(f"{labels.uri()} holds no {config.modality!r} members to train a vocabulary on")
+    tokenizer = train_wordpiece(texts, vocab_size=config.model.get("vocab_size", SHARED_TEXT_VOCAB),
+                                min_frequency=config.model.get("min_frequency", 2))
+    # The default is where preprocess looks the bare name up (`tokenizers={caption: wordpiece}`).
+    out = Storage(config.output or "tokenizers/wordpiece", config.storage)
+    for name, data in tokenizer.files().items():
+        out.write_atomic(name, data)
+    print(f"trained {tokenizer.tokenizer_id} ({tokenizer.vocab_size} ids, hash {tokenizer.content_hash[:12]}) on "
+          f"{len(texts)} {config.modality} texts -> {out.uri()}", flush=True)
+    return {"output": out.uri(), "tokenizer": tokenizer}
