@@ -62,5 +62,8 @@ class PretrainConfig(ConfigModel):
     num_to_keep: int = Field(default=2, ge=1)
     max_failures: int = Field(default=0, ge=-1)
     log_every: int = Field(default=10, ge=1)
+    # Peak FLOP/s of one worker, the denominator of MFU. None: a GPU's datasheet bf16 peak (bf16 runs on GPUs the
+    # table knows), else a ~1 s matmul timing in the run's precision on each worker at start-up.
+    peak_flops: float | None = Field(default=None, gt=0)
     storage: StorageConfig = StorageConfig()
     address: str | None = None

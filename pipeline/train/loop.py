@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.train.deepspeed_config import deepspeed_config
 from pipeline.train.schedule import lr_factor
+from pipeline.train.throughput import batch_flops, declared_peak, mfu
 from schemas.batch import ModalityTable
 from schemas.pretrain import PretrainConfig
 
@@ -36,9 +37,10 @@ def train_loop(loop_config: dict) -> None:
     import deepspeed  # in the worker only: the driver never initialises DeepSpeed
     import ray.train
     import torch
+    import torch.distributed as dist
 
     from pipeline.data.loader import TokenShardLoader, to_torch
-    from pipeline.model import build_model
+    from pipeline.model import build_model, resolve
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -60,6 +62,14 @@ def train_loop(loop_config: dict) -> None:
     del model  # the engine owns the (partitioned) parameters now; a second reference would keep full copies alive
     loader = TokenShardLoader(config.data, table, config.masking, config.loader, rank, world, config.storage)
 
+    # Every rank times its matmuls at the same moment, after DeepSpeed's one-off op build, so that no rank is timed
+    # while a peer compiles; MFU is then taken against the sum of the workers' peaks.
+    dist.barrier()
+    peak, peak_source = declared_peak(config.peak_flops, config.precision, device)
+    total_peak = float(_gather([peak], device).sum())
+    if rank == 0:
+        print(f"MFU against {total_peak / 1e12:.3g} TFLOP/s over {world} worker(s) ({peak_source})", flush=True)
+
     step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -72,13 +82,15 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"resumed from step {step}", flush=True)
 
+    dims, vocab_sizes = resolve(config.model), np.array([s.vocab_size for s in table.specs])
+
     metrics_path = loop_config.get("metrics_path")
     events = None
     if metrics_path and rank == 0:  # TensorBoard event files beside the JSONL: `tensorboard --logdir RUN_DIR/tb`
         from tensorboardX import SummaryWriter
 
         events = SummaryWriter(str(Path(metrics_path).parent / "tb"))
-    window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+    window_start, window = time.perf_counter(), np.zeros(3)  # tokens, samples, model FLOPs of this rank
     batches = iter(loader)
     while step < config.steps:
         try:
@@ -93,35 +105,83 @@ def train_loop(loop_config: dict) -> None:
         engine.backward(out.loss)
         engine.step()
         step += 1
-        window_tokens += int((~batch["enc_pad"]).sum() + (~batch["dec_pad"]).sum())
-        window_samples += len(batch["enc_pad"])
+        window += (int((~batch["enc_pad"]).sum() + (~batch["dec_pad"]).sum()), len(batch["enc_pad"]),
+                   batch_flops(dims, batch, vocab_sizes))
         if loop_config.get("fail_at_step") == step and rank == world - 1 and _first_failure(loop_config):
             os._exit(1)  # a test hook: a worker dying mid-run, which FailureConfig must recover from
         report = {}
         if step % config.log_every == 0 or step == config.steps:
             seconds = time.perf_counter() - window_start
+            memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            per_rank = _gather([*window, memory], device)  # (world, 4): every rank's window and peak RSS
+            tokens, samples, flops = map(float, per_rank[:, :3].sum(axis=0))
             report = {
                 "step": step, "loss": float(out.loss.detach()), "lr": optimizer.param_groups[0]["lr"],
                 **{f"loss_{name}": float(value.detach()) for name, value in out.losses.items()},
-                "tokens_per_s": window_tokens * world / seconds, "samples_per_s": window_samples * world / seconds,
-                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "epoch": loader.epoch,
+                "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "flops_per_s": flops / seconds,
+                "mfu": mfu(flops, seconds, total_peak), "peak_flops": total_peak,
+                "peak_rss_gib": float(per_rank[:, 3].max()), "peak_rss_gib_by_rank": per_rank[:, 3].tolist(),
+                "epoch": loader.epoch,
             }
-            window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+            if config.use_gpu:
+                report["peak_gpu_gib"] = float(_gather([torch.cuda.max_memory_allocated() / 2**30], device).max())
+            if step == config.steps:
+                report.update(_fixed_batch_eval(engine, config, table, rank, world, device))
             if rank == 0:
-                print(f"step {step:>6}/{config.steps} loss {report['loss']:.4f} lr {report['lr']:.2e} "
-                      f"{report['tokens_per_s']:,.0f} tok/s peak {report['peak_rss_gib']:.2f} GiB", flush=True)
-                if metrics_path:
-                    with open(metrics_path, "a") as handle:
-                        handle.write(json.dumps(report) + "\n")
-                if events is not None:
-                    for name, value in report.items():
-                        if name != "step":
-                            events.add_scalar(name.replace("loss_", "loss/"), value, step)
-                    events.flush()
+                _log(report, config.steps, metrics_path, events)
+            window_start, window = time.perf_counter(), np.zeros(3)
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save(engine, loader, step, rank, world, report, config, table)
+            window_start = time.perf_counter()  # checkpoint time is not training throughput
         elif report:
             ray.train.report(report)
+
+
+def _gather(values: list[float], device) -> np.ndarray:
+    """(world, len(values)): one row per rank, in rank order."""
+    import torch
+    import torch.distributed as dist
+
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, mine)
+    return torch.stack(rows).cpu().numpy()
+
+
+def _log(report: dict, steps: int, metrics_path: str | None, events) -> None:
+    """Rank 0: the progress line, a JSONL row and TensorBoard scalars."""
+    print(f"step {report['step']:>6}/{steps} loss {report['loss']:.4f} lr {report['lr']:.2e} "
+          f"{report['tokens_per_s']:,.0f} tok/s {report['samples_per_s']:,.1f} samples/s MFU {report['mfu']:.2%} "
+          f"peak {report['peak_rss_gib']:.2f} GiB", flush=True)
+    if metrics_path:
+        with open(metrics_path, "a") as handle:
+            handle.write(json.dumps(report) + "\n")
+    if events is not None:
+        step = report["step"]
+        for name, value in report.items():
+            if name == "peak_rss_gib_by_rank":
+                for rank, gib in enumerate(value):
+                    events.add_scalar(f"peak_rss_gib/rank{rank}", gib, step)
+            elif name != "step":
+                events.add_scalar(name.replace("loss_", "loss/"), value, step)
+        events.flush()
+
+
+def _fixed_batch_eval(engine, config: PretrainConfig, table: ModalityTable, rank: int, world: int, device) -> dict:
+    """The engine's loss on a batch anyone can rebuild: the first batch of this rank's stream (a fresh loader with the
+    run's settings), so that an export can be checked against the engine itself. Every rank runs it (ZeRO-3 gathers
+    parameters collectively); rank 0's numbers are the ones logged."""
+    import torch
+
+    from pipeline.data.loader import TokenShardLoader, to_torch
+
+    settings = config.loader.model_copy(update={"prefetch_batches": 0})
+    batch = next(iter(TokenShardLoader(config.data, table, config.masking, settings, rank, world, config.storage)))
+    engine.eval()
+    with torch.no_grad():
+        out = engine({k: v.to(device) for k, v in to_torch(batch).items()})
+    engine.train()
+    return {"eval_loss": float(out.loss), **{f"eval_loss_{name}": float(v) for name, v in out.losses.items()}}
 
 
 def _save(engine, loader, step: int, rank: int, world: int, report: dict, config: PretrainConfig,
