@@ -38,7 +38,7 @@ class EvaluateConfig(ConfigModel):
     tasks: tuple[str, ...] = ("all",)  # registered task names, or "all"
     data: str | None = None  # preprocess output (token shards + manifest) the token-shard tasks read
     out: str = "eval_results"
-    tokenizers: dict[str, str] = Field(default_factory=dict)  # modality -> tokenizer dir (decoding tasks)
+    tokenizers: dict[str, str] = Field(default_factory=dict)  # modality -> tokenizer dir, local or s3://
     default_resources: TaskResources = TaskResources()
     resources: dict[str, TaskResources] = Field(default_factory=dict)  # per task name, overrides the default
     probe: ProbeConfig = ProbeConfig()

@@ -56,6 +56,8 @@ def test_perplexity_by_hand():
     logits = np.log(np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
     assert metrics.perplexity(logits, np.array([0, 1])) == pytest.approx(math.sqrt(8))
     assert metrics.perplexity(logits, np.array([0, 1]), mask=np.array([True, False])) == pytest.approx(2.0)
+    # Per position (what decoder tasks accumulate batch by batch): -ln .5, -ln .25
+    np.testing.assert_allclose(metrics.token_nll(logits, np.array([0, 1])), [math.log(2), math.log(4)])
 
 
 def test_recall_at_k_by_hand():

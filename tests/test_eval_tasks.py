@@ -46,6 +46,51 @@ def test_pack_shows_all_inputs_and_the_whole_target_like_the_masker():
     assert not grid["dec_causal"].any() and not grid["dec_pad"].any()
 
 
+def test_target_logits_are_the_training_forward_per_sample():
+    import torch
+
+    from pipeline.eval.checkpoint import EvalModel
+    from pipeline.eval.metrics import token_nll
+    from pipeline.model import build_model
+    from schemas.model import ModelConfig
+
+    torch.manual_seed(0)
+    table = ModalityTable.of([ModalitySpec.from_registry("rgb", 4), ModalitySpec.from_registry("caption", 12)])
+    model = EvalModel(build_model(ModelConfig(size="tiny"), table).eval(), table)
+    rows = [{"rgb": np.array([[5, 6, 7, 8]]), "caption": np.array([[400, 401, 402, 3]])},
+            {"rgb": np.array([[9, 9, 9, 9]]), "caption": np.array([[500, 3]])},
+            {"rgb": np.array([[1, 2, 3, 4]]), "caption": np.array([[600, 601, 602, 603, 604, 605, 3]])}]
+    together = list(model.target_logits(rows, ["rgb"], "caption", batch_size=2))  # batches of 2 and 1, padded
+    vocab = table["caption"].vocab_size
+    assert [logits.shape for logits, _ in together] == [(5, vocab), (3, vocab), (8, vocab)]  # S_0 + text + EOS
+    for row, (logits, ids) in zip(rows, together):
+        (alone, alone_ids), = model.target_logits([row], ["rgb"], "caption")
+        np.testing.assert_array_equal(ids, alone_ids)
+        np.testing.assert_allclose(logits, alone, atol=1e-4)  # padding in the batch changes nothing
+        # The mean cross-entropy of one sample's slots is the training forward's loss on that sample.
+        batch = {k: torch.from_numpy(v) for k, v in pack(table, [row], ["rgb"], "caption").items()}
+        with torch.no_grad():
+            loss = model.module(batch).loss
+        assert token_nll(logits, ids).mean() == pytest.approx(float(loss), rel=1e-4)
+    (grid, grid_ids), = model.target_logits(rows[:1], ["caption"], "rgb")
+    assert grid.shape == (4, table["rgb"].vocab_size) and grid_ids.tolist() == [5, 6, 7, 8]
+
+
+def test_read_step_prefers_the_step_the_export_records(tmp_path):
+    from pipeline.eval.checkpoint import read_step
+
+    export = tmp_path / "run-step-000010.safetensors"
+    assert read_step(str(export)) == 10  # no sidecar: the name
+    (tmp_path / "run-step-000010.json").write_text(json.dumps({"model": {}, "table": [], "step": 250}))
+    assert read_step(str(export)) == 250
+    checkpoint = tmp_path / "checkpoint_000003"
+    checkpoint.mkdir()
+    (checkpoint / "model.json").write_text(json.dumps({"model": {}, "table": []}))  # records no step
+    assert read_step(str(checkpoint)) == 3
+    (checkpoint / "model.json").write_text(json.dumps({"model": {}, "table": [], "step": 40}))
+    assert read_step(str(checkpoint)) == 40 and read_step("s3-less/plain") is None
+
+
 def test_probes_fit_what_their_head_can_separate():
     rng = np.random.default_rng(0)
     config = ProbeConfig(steps=200)

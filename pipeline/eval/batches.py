@@ -32,7 +32,7 @@ def _input_run(table: ModalityTable, modality: str, row: np.ndarray, fully_maske
     return _content(row, spec.autoregressive)[:spec.max_tokens]
 
 
-def _target_run(table: ModalityTable, modality: str, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def target_run(table: ModalityTable, modality: str, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(target ids, decoder input ids) of the whole modality."""
     spec = table[modality]
     if not spec.autoregressive:
@@ -53,7 +53,7 @@ def pack(table: ModalityTable, rows: Sequence[Row], inputs: Sequence[str], targe
         if target is not None and table[target].autoregressive:
             runs.append((target, _input_run(table, target, row[target], True)))
         encoder.append(runs)
-        decoder.append(_target_run(table, target, row[target]) if target is not None else None)
+        decoder.append(target_run(table, target, row[target]) if target is not None else None)
     width_in = max(1, max(sum(len(r) for _, r in runs) for runs in encoder))
     width_out = max(1, max((len(d[0]) for d in decoder if d is not None), default=1))
     batch = empty_batch(len(rows), width_in, width_out)

@@ -1,26 +1,44 @@
 """Checkpoints as the evaluate job sees them: an exported model (`jobs/export.py`: `model.safetensors` plus a JSON
-sidecar with the ModelConfig and the run's ModalityTable), wrapped in the few calls eval tasks make."""
+sidecar with the ModelConfig, the run's ModalityTable and its step), wrapped in the few calls eval tasks make."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipeline.data.storage import Storage
 from pipeline.eval.batches import Row, pack
 from schemas.batch import ModalityTable
 from schemas.preprocess import StorageConfig
 
 _STEP = re.compile(r"(\d+)(?!.*\d)")
+CHECKPOINT_JSON = "model.json"  # a pretrain checkpoint directory's sidecar (pipeline/train/loop.py MODEL_JSON)
 
 
-def read_step(uri: str) -> int | None:
-    """The last number in the checkpoint's final path component (`run/step-000200` -> 200), or None."""
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    match = _STEP.search(name)
+def _sidecar(uri: str, storage: StorageConfig) -> tuple[Storage, str]:
+    """Where the export's JSON lives: beside `x.safetensors` as `x.json`, or inside a checkpoint directory."""
+    if uri.endswith(".safetensors"):
+        directory, _, name = uri.rpartition("/")
+        return Storage(directory or ".", storage), name.removesuffix(".safetensors") + ".json"
+    return Storage(uri, storage), CHECKPOINT_JSON
+
+
+def read_step(uri: str, storage: StorageConfig | None = None) -> int | None:
+    """The training step the checkpoint records (its sidecar's `step`); when it records none (or is not there),
+    the last number in its final path component (`run/step-000200` -> 200); else None."""
+    try:
+        files, name = _sidecar(uri, storage or StorageConfig())
+        step = json.loads(files.read_bytes(name)).get("step")
+        if step is not None:
+            return int(step)
+    except (OSError, ValueError, AttributeError):  # no sidecar there, or not an export's JSON
+        pass
+    match = _STEP.search(uri.rstrip("/").rsplit("/", 1)[-1])
     return int(match.group(1)) if match else None
 
 
@@ -28,7 +46,7 @@ def read_step(uri: str) -> int | None:
 class EvalModel:
     """A model in eval mode with its run's modality table; every call takes numpy and returns numpy."""
 
-    module: Any  # the plain pipeline.model module: encode(batch) -> (features (B, I, D), pad (B, I))
+    module: Any  # the plain pipeline.model module: encode(batch) -> (features, pad); forward(batch) -> ModelOutput
     table: ModalityTable
     device: str = "cpu"
 
@@ -49,6 +67,25 @@ class EvalModel:
                 keep = (~pad).unsqueeze(-1).to(features.dtype)
                 pooled.append(((features * keep).sum(1) / keep.sum(1).clamp(min=1)).float().cpu().numpy())
         return np.concatenate(pooled)
+
+    def target_logits(self, rows: Sequence[Row], inputs: Sequence[str], target: str,
+                      batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per sample, in order: (logits (n, V) of every target slot, the n target ids), `inputs` fully visible
+        and the whole target asked for (teacher-forced for sequences). Yielded batch by batch, so a caller that
+        reduces as it goes never holds every sample's logits (V is the registry's vocabulary: 16k for RGB)."""
+        import torch
+
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = pack(self.table, rows[start:start + batch_size], inputs, target)
+                # The training forward, asked for its logits: (live target slots, V) in row-major batch order.
+                logits = self.module(self._torch(batch), return_logits=True).logits[self.table[target].name]
+                logits = logits.float().cpu().numpy()
+                live = ~batch["dec_pad"]
+                ends = np.cumsum(live.sum(axis=1))
+                for b, end in enumerate(ends):
+                    n = int(live[b].sum())
+                    yield logits[end - n:end], batch["dec_target"][b][live[b]]
 
 
 def load_model(uri: str, storage: StorageConfig, device: str = "cpu") -> EvalModel:

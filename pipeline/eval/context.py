@@ -60,13 +60,13 @@ class TaskContext:
         return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
     def tokenizer(self, modality: str) -> Any:
-        from pipeline.tokenizers.base import load_tokenizer
+        from pipeline.data.tokenize import load_tokenizer_from
 
         directory = self.config.tokenizers.get(modality)
         if directory is None:
             raise ValueError(f"task {self.task.name!r} needs the {modality} tokenizer: set tokenizers.{modality} "
                              f"in the evaluate config")
-        return load_tokenizer(directory)
+        return load_tokenizer_from(directory, self.config.storage)
 
     @functools.cached_property
     def storage(self) -> Storage:

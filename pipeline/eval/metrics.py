@@ -82,17 +82,22 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def perplexity(logits: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """exp(mean negative log-likelihood of the target ids) from logits (..., V) (lower is better)."""
+def token_nll(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each target id under softmax(logits): logits (..., V), target (...)."""
     logp = log_softmax(logits)
     target = np.asarray(target, np.int64)
     if logp.shape[:-1] != target.shape:
         raise ValueError(f"logits {logp.shape} do not match targets {target.shape}")
-    picked = np.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
-    keep = np.ones(target.shape, bool) if mask is None else np.asarray(mask, bool)
+    return -np.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+
+
+def perplexity(logits: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """exp(mean negative log-likelihood of the target ids) from logits (..., V) (lower is better)."""
+    nll = token_nll(logits, target)
+    keep = np.ones(nll.shape, bool) if mask is None else np.asarray(mask, bool)
     if not keep.any():
         raise ValueError("no positions to score")
-    return float(np.exp(-picked[keep].mean()))
+    return float(np.exp(nll[keep].mean()))
 
 
 def recall_at_k(queries: np.ndarray, gallery: np.ndarray, k: int) -> float:

@@ -17,19 +17,20 @@ import ray
 
 from pipeline.eval.registry import Task
 from schemas.evaluate import EvaluateConfig
+from schemas.preprocess import StorageConfig
 
 RESULT_COLUMNS = ("checkpoint", "step", "task", "metric", "value", "baseline", "higher_is_better", "head",
                   "baseline_kind", "status", "seconds", "started_at", "finished_at", "node", "error", "traceback")
 
 
-def checkpoint_step(uri: str | None) -> int | None:
+def checkpoint_step(uri: str | None, storage: StorageConfig | None = None) -> int | None:
     """Training step of a checkpoint, from the sidecar when the export records it, else the last number in its
     final path component (`.../step-000200` -> 200); None when neither says."""
     if uri is None:
         return None
     from pipeline.eval.checkpoint import read_step
 
-    return read_step(uri)
+    return read_step(uri, storage)
 
 
 def _node() -> str:
@@ -56,7 +57,7 @@ def evaluate_task(task: Task, checkpoint: str | None, config: EvaluateConfig) ->
     started = time.time()
     step = None
     try:
-        step = checkpoint_step(checkpoint)
+        step = checkpoint_step(checkpoint, config.storage)
         scores = task.evaluate(TaskContext(task, checkpoint, config))
         declared = {m.name for m in task.metrics}
         returned = [s.metric for s in scores]

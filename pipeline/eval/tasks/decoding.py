@@ -6,9 +6,9 @@
 - token targets (RGB -> caption, caption -> RGB): teacher-forced token accuracy (and perplexity for sequences)
   against the target tokens; baseline: the fit set's unigram frequencies.
 
-Status: `register_decoding()` is not called yet. The tasks need `EvalModel.target_logits` / `target_ids`
-(decoder logits per target slot from pipeline.model) and the image tokenizers' `decode`; both land with those
-pieces. The scoring half (`read_label`, `resize_to`, `score_maps`) is tested on real ground truth now.
+Dense-map tasks need the target's tokenizer (`tokenizers.<target>` in the evaluate config) to turn tokens back
+into maps; every task needs its modalities in both the model's table and the data's token folders. A task whose
+requirements are absent fails alone, with a row saying what is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.eval import baselines, metrics
+from pipeline.eval.batches import target_run
 from pipeline.eval.context import EvalSample, TaskContext
 from pipeline.eval.registry import HeadKind, Metric, Score, TokenSplit, register_task
 from schemas.modalities import get_modality
@@ -44,8 +45,6 @@ def resize_to(prediction: np.ndarray, shape: tuple[int, ...], categorical: bool)
     mode = Image.NEAREST if categorical else Image.BILINEAR
     image = Image.fromarray(prediction.astype(np.int32 if categorical else np.float32))
     return np.asarray(image.resize((shape[1], shape[0]), mode))
-
-
 
 
 def _depth_scores(pred: list[np.ndarray], true: list[np.ndarray]) -> dict[str, float]:
@@ -74,10 +73,13 @@ def score_maps(pred: list[np.ndarray], truth: list[np.ndarray], fit_truth: list[
 def evaluate_map(ctx: TaskContext) -> list[Score]:
     task, target = ctx.task, ctx.task.target
     categorical = get_modality(target).categorical
+    tokenizer = ctx.tokenizer(target)  # first, so a missing tokenizer fails before any model or data work
     fit, score = ctx.fit_and_score()
     truth = [read_label(s, target) for s in score]
-    outputs = ctx.model.target_logits([s.tokens for s in score], task.inputs, target, ctx.config.probe.batch_size)
-    decoded = ctx.tokenizer(target).decode(np.stack([logits.argmax(-1) for logits, _ in outputs]))
+    # The tokenizer decodes only its own codes; the model's head spans the registry's (larger) vocabulary.
+    ids = [logits[:, :tokenizer.vocab_size].argmax(-1) for logits, _ in
+           ctx.model.target_logits([s.tokens for s in score], task.inputs, target, ctx.config.probe.batch_size)]
+    decoded = tokenizer.decode(np.stack(ids))
     pred = [resize_to(m, t.shape, categorical) for m, t in zip(decoded, truth)]
     value, baseline = score_maps(pred, truth, [read_label(s, target) for s in fit], categorical)
     return [Score(name, value[name], baseline[name]) for name in value]
@@ -86,18 +88,19 @@ def evaluate_map(ctx: TaskContext) -> list[Score]:
 def evaluate_tokens(ctx: TaskContext) -> list[Score]:
     task, target = ctx.task, ctx.task.target
     fit, score = ctx.fit_and_score()
-    size = ctx.config.probe.batch_size
-    outputs = ctx.model.target_logits([s.tokens for s in score], task.inputs, target, size)
-    fit_targets = [t for _, t in ctx.model.target_ids([s.tokens for s in fit], target)]
-    logits = [lg for lg, _ in outputs]
-    targets = [t for _, t in outputs]
-    vocab = logits[0].shape[-1]
-    accuracy = metrics.token_accuracy(np.concatenate([lg.argmax(-1) for lg in logits]), np.concatenate(targets))
-    base_accuracy, base_ppl = baselines.unigram_scores(fit_targets, targets, vocab)
+    model = ctx.model
+    predicted, targets, nll = [], [], []
+    for logits, ids in model.target_logits([s.tokens for s in score], task.inputs, target,
+                                           ctx.config.probe.batch_size):
+        predicted.append(logits.argmax(-1))
+        targets.append(ids)
+        nll.append(metrics.token_nll(logits, ids))
+    fit_targets = [target_run(model.table, target, s.tokens[target])[0] for s in fit]
+    accuracy = metrics.token_accuracy(np.concatenate(predicted), np.concatenate(targets))
+    base_accuracy, base_ppl = baselines.unigram_scores(fit_targets, targets, model.table[target].vocab_size)
     scores = [Score("token_accuracy", accuracy, base_accuracy)]
     if any(m.name == "perplexity" for m in task.metrics):
-        scores.append(Score("perplexity", metrics.perplexity(np.concatenate(logits), np.concatenate(targets)),
-                            base_ppl))
+        scores.append(Score("perplexity", float(np.exp(np.concatenate(nll).mean())), base_ppl))
     return scores
 
 
@@ -121,3 +124,4 @@ def register_decoding() -> None:
                   description="all RGB tokens predicted in parallel from the caption")
 
 
+register_decoding()

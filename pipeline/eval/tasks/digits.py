@@ -1,9 +1,6 @@
 """Real data: scikit-learn's handwritten digits (1,797 8x8 greyscale images, shipped with scikit-learn, offline)
-through the run's RGB tokenizer and the frozen encoder; linear-probe accuracy against the majority class.
-
-Status: `register_digits()` is not called yet: it needs the image tokenizer (its `encode` and input resolution,
-assumed here as `input_resolution`) and a loadable model; both land with pipeline/tokenizers/image.py and
-pipeline/model.
+through the run's RGB tokenizer (`tokenizers.rgb` in the evaluate config: the one the model's RGB tokens came
+from) and the frozen encoder; linear-probe accuracy against the majority class.
 """
 
 from __future__ import annotations
@@ -36,9 +33,13 @@ def as_rgb(images: np.ndarray, resolution: int) -> list[np.ndarray]:
 
 def evaluate_digits(ctx: TaskContext) -> list[Score]:
     task, probe = ctx.task, ctx.config.probe
+    tokenizer = ctx.tokenizer(task.inputs[0])
+    expected = ctx.model.table[task.inputs[0]].max_tokens
+    if tokenizer.tokens_per_sample != expected:
+        raise ValueError(f"{task.name}: tokenizer {tokenizer.tokenizer_id} makes {tokenizer.tokens_per_sample} "
+                         f"tokens per image, the model was trained on {expected}: not the run's tokenizer")
     images, labels = ctx.external()
     images, labels = images[:probe.max_samples], labels[:probe.max_samples]
-    tokenizer = ctx.tokenizer(task.inputs[0])
     tokens = tokenizer.encode(as_rgb(images, tokenizer.input_resolution))
     rows = [{task.inputs[0]: tokens[i:i + 1]} for i in range(len(tokens))]
     features = ctx.model.pooled_features(rows, task.inputs, probe.batch_size)
@@ -54,3 +55,6 @@ def register_digits() -> None:
                   data=ExternalDataset("scikit-learn handwritten digits (8x8, 10 classes)", load_digits),
                   metrics=(Metric("accuracy", True),), baseline="majority class", evaluate=evaluate_digits,
                   description="digits through the rgb tokenizer, linear probe on mean-pooled encoder features")
+
+
+register_digits()
