@@ -2,7 +2,9 @@
 [--address ADDR]
 
 Every (checkpoint, task) pair runs as its own Ray task; the table, charts and parquet go to --out. The exit code
-is 0 only if every task succeeded (1 if any failed), so a pipeline can gate on it.
+is 0 only if every task succeeded (1 if any failed), so a pipeline can gate on it. `--tasks all` means every task
+the run can be scored on: a task whose modalities, token folders or tokenizers the run lacks is listed as
+`skipped`, with the reason, and is not a failure; a task named explicitly is run and fails instead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from jobs.cli import job_parser, load_job_config, run_job
 from pipeline.data.storage import Storage
 from pipeline.eval.registry import select_tasks
 from pipeline.eval.report import markdown_table, write_results
-from pipeline.eval.runner import any_failed, missing_inputs, run_evaluation
+from pipeline.eval.runner import any_failed, missing_inputs, run_evaluation, skipped_row, unmet_requirements
 from schemas.config import ConfigError
 from schemas.evaluate import EvaluateConfig
 
@@ -41,8 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     problems = missing_inputs(config, tasks)
     if problems:
         raise ConfigError("; ".join(problems))
+    skipped = []
+    if config.tasks == ("all",):  # every task the run can be scored on; a named task that cannot is a failure
+        first = config.checkpoints[0] if config.checkpoints else None
+        for task in list(tasks):
+            reasons = unmet_requirements(task, config, first)
+            if reasons:
+                tasks.remove(task)
+                skipped += [skipped_row(task, checkpoint, reasons) for checkpoint in config.checkpoints or [None]]
+                print(f"skipping {task.name}: {'; '.join(reasons)}")
     connect(config.ray.address, num_cpus=config.ray.num_cpus)
-    rows = run_evaluation(config, tasks, list(config.checkpoints))
+    rows = run_evaluation(config, tasks, list(config.checkpoints)) + skipped
     written = write_results(rows, Storage(config.out, config.storage))
     print(markdown_table(rows))
     print("results: " + ", ".join(written))

@@ -42,6 +42,12 @@ def read_step(uri: str, storage: StorageConfig | None = None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def read_modalities(uri: str, storage: StorageConfig | None = None) -> tuple[str, ...]:
+    """The modalities of the checkpoint's run (its sidecar's table), without loading any weights."""
+    files, name = _sidecar(uri, storage or StorageConfig())
+    return ModalityTable.from_json(json.loads(files.read_bytes(name))["table"]).names
+
+
 @dataclass
 class EvalModel:
     """A model in eval mode with its run's modality table; every call takes numpy and returns numpy."""

@@ -73,6 +73,13 @@ class Task:
     resources: TaskResources | None = None  # None: the job config's default_resources
     description: str = ""
     needs_model: bool = True  # False only for tasks that score no checkpoint (tests of the runner)
+    tokenizers: tuple[str, ...] = ()  # modalities whose tokenizer the task loads (config `tokenizers.<m>`)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Every modality the model must know for this task: its inputs and the token folders it reads."""
+        split = self.data.modalities if isinstance(self.data, TokenSplit) else ()
+        return tuple(dict.fromkeys((*self.inputs, *split)))
 
     def __post_init__(self) -> None:
         if not self.name or "," in self.name or self.name == "all":

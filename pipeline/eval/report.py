@@ -47,7 +47,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {row['checkpoint'] or '-'} | {row['task']} | {row['metric']} | {_fmt(row['value'])} | "
                      f"{_fmt(row['baseline'])} ({row['baseline_kind']}) | {better} | {row['head']} | "
                      f"{row['seconds']:.1f} | {row['status']} |")
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    for row in [r for r in rows if r["status"] == "skipped"]:
+        lines.append(f"\nskipped {row['task']}: {row['error']}")
     for row in failed:
         lines += ["", f"### {row['task']} failed ({row['checkpoint'] or 'no checkpoint'})", "",
                   f"{row['error']}", "", "```", (row["traceback"] or "").rstrip(), "```"]

@@ -129,5 +129,36 @@ def missing_inputs(config: EvaluateConfig, tasks: Sequence[Task]) -> list[str]:
     return problems
 
 
+def unmet_requirements(task: Task, config: EvaluateConfig, checkpoint: str | None) -> list[str]:
+    """What the checkpoint's run, the data or the config lacks for `task`: the reasons `--tasks all` skips it."""
+    from pipeline.data.inspect import read_manifest
+    from pipeline.data.storage import Storage
+    from pipeline.eval.checkpoint import read_modalities
+    from pipeline.eval.registry import TokenSplit
+    from schemas.shards import token_folder
+
+    reasons = []
+    if task.needs_model and checkpoint is not None:
+        unknown = [m for m in task.modalities if m not in read_modalities(checkpoint, config.storage)]
+        if unknown:
+            reasons.append(f"the model was not trained on {unknown}")
+    if isinstance(task.data, TokenSplit) and config.data is not None:
+        folders = {row["folder"] for row in read_manifest(Storage(config.data, config.storage))}
+        wanted = [token_folder(m) for m in task.data.modalities] + list(task.data.aux)
+        absent = [f for f in wanted if f not in folders]
+        if absent:
+            reasons.append(f"the data has no {absent} folders")
+    untold = [m for m in task.tokenizers if m not in config.tokenizers]
+    if untold:
+        reasons.append(f"no tokenizer given for {untold} (tokenizers.<modality>)")
+    return reasons
+
+
+def skipped_row(task: Task, checkpoint: str | None, reasons: Sequence[str]) -> dict:
+    return _row(task, checkpoint, None, time.time(), metric=task.metrics[0].name, value=math.nan, baseline=math.nan,
+                status="skipped", higher_is_better=task.metrics[0].higher_is_better, error="; ".join(reasons))
+
+
 def any_failed(rows: Sequence[dict]) -> bool:
-    return any(row["status"] != "ok" for row in rows)
+    """Skipped rows (tasks `all` left out for what the run lacks) are not failures."""
+    return any(row["status"] == "failed" for row in rows)

@@ -109,10 +109,11 @@ def register_decoding() -> None:
     register_task(name="rgb_to_depth", inputs=("rgb",), target="depth", head=decoder,
                   data=TokenSplit(("rgb", "depth"), ("depth",)),
                   metrics=(Metric("abs_rel", False), Metric("delta1", True)), baseline="mean depth",
-                  evaluate=evaluate_map, description="decoded depth tokens vs ground-truth depth")
+                  evaluate=evaluate_map, tokenizers=("depth",),
+                  description="decoded depth tokens vs ground-truth depth")
     register_task(name="rgb_to_semseg", inputs=("rgb",), target="semseg", head=decoder,
                   data=TokenSplit(("rgb", "semseg"), ("semseg",)), metrics=(Metric("miou", True),),
-                  baseline="majority class", evaluate=evaluate_map,
+                  baseline="majority class", evaluate=evaluate_map, tokenizers=("semseg",),
                   description="decoded semseg tokens vs ground-truth classes")
     register_task(name="rgb_to_caption", inputs=("rgb",), target="caption", head=decoder,
                   data=TokenSplit(("rgb", "caption")),

@@ -54,6 +54,7 @@ def register_digits() -> None:
     register_task(name="digits_probe", inputs=("rgb",), target="digit class", head=HeadKind.LINEAR_PROBE,
                   data=ExternalDataset("scikit-learn handwritten digits (8x8, 10 classes)", load_digits),
                   metrics=(Metric("accuracy", True),), baseline="majority class", evaluate=evaluate_digits,
+                  tokenizers=("rgb",),
                   description="digits through the rgb tokenizer, linear probe on mean-pooled encoder features")
 
 
