@@ -22,7 +22,7 @@ from pipeline.data.preview import write_preview
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from pipeline.train.export import export_checkpoint
-from pipeline.train.loop import read_metrics
+from pipeline.train.metrics import read_metrics
 from pipeline.train.tokenizer import run_train_tokenizer
 from pipeline.train.wordpiece import run_train_wordpiece
 from pipeline.train.trainer import run_pretrain

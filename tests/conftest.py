@@ -76,16 +76,21 @@ def s3_endpoint() -> Iterator[str]:
 S3_TEST_KEY, S3_TEST_SECRET = "tessera-test-key", "tessera-test-secret-do-not-print"
 
 
-@pytest.fixture
-def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, list[str]]]:
-    """A fresh bucket and the --set overrides that point a job's storage at it (credentials through the config,
-    since Ray worker nodes were started before this fixture and do not see its environment)."""
+def new_bucket(endpoint: str) -> tuple[str, list[str]]:
+    """A fresh bucket on `endpoint` and the --set overrides that point a job's storage at it (credentials through
+    the config, since Ray worker nodes were started before the S3 server and do not see its environment)."""
     import boto3
 
     name = f"tessera-{secrets.token_hex(4)}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id=S3_TEST_KEY, aws_secret_access_key=S3_TEST_SECRET)
     client.create_bucket(Bucket=name)
-    overrides = [f"storage.endpoint_url={s3_endpoint}", "storage.region=us-east-1",
+    overrides = [f"storage.endpoint_url={endpoint}", "storage.region=us-east-1",
                  f"storage.access_key_id={S3_TEST_KEY}", f"storage.secret_access_key={S3_TEST_SECRET}"]
-    yield name, overrides
+    return name, overrides
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, list[str]]]:
+    """A fresh bucket per test (see `new_bucket`)."""
+    yield new_bucket(s3_endpoint)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train.loop import MODEL_JSON, TAG, WEIGHTS, read_metrics
+from pipeline.train.loop import MODEL_JSON, TAG, WEIGHTS
+from pipeline.train.metrics import read_metrics
 from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
 from schemas.pretrain import PretrainConfig
@@ -132,3 +133,48 @@ def test_export_after_stage_3_matches_deepspeed_and_the_engine(stage_run, tokens
     assert float(out.loss) == pytest.approx(final["eval_loss"], rel=1e-5)
     for name, loss in out.losses.items():
         assert float(loss) == pytest.approx(final[f"eval_loss_{name}"], rel=1e-5)
+
+
+
+@pytest.fixture(scope="module")
+def bf16_s3_run(tokens, s3_endpoint, tmp_path_factory):
+    """One short bf16 ZeRO-2 run whose storage_path is a bucket, shared by the bf16-export and the S3 tests."""
+    from conftest import new_bucket
+
+    bucket, storage_overrides = new_bucket(s3_endpoint)
+    recipe = config(tokens, tmp_path_factory.mktemp("bf16"), "precision=bf16", "zero.stage=2", "steps=8",
+                    "checkpoint_every=8", *storage_overrides)
+    recipe = recipe.model_copy(update={"storage_path": f"s3://{bucket}/runs"})
+    return {"summary": run_pretrain(recipe), "config": recipe, "run": f"s3://{bucket}/runs/{recipe.name}"}
+
+
+def test_bf16_export_is_the_fp32_master_copy_deepspeed_recovers(bf16_s3_run, tmp_path):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from pipeline.data.storage import Storage
+
+    remote = Storage(bf16_s3_run["summary"]["checkpoint"], bf16_s3_run["config"].storage)
+    for relpath in remote.list():  # zero_to_fp32 reads a local directory
+        Path(tmp_path, relpath).parent.mkdir(parents=True, exist_ok=True)
+        Path(tmp_path, relpath).write_bytes(remote.read_bytes(relpath))
+    ours = weights(str(tmp_path))
+    theirs = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path), tag=TAG)
+    assert set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype == torch.float32 and torch.equal(ours[name], tensor), name
+    # Trained master weights carry more bits than bf16: an export of the 16-bit copy could not match.
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in ours.values())
+
+
+def test_metrics_and_checkpoints_go_to_s3_storage(bf16_s3_run):
+    from pipeline.data.storage import Storage
+
+    summary, storage = bf16_s3_run["summary"], bf16_s3_run["config"].storage
+    run = Storage(bf16_s3_run["run"], storage)
+    assert summary["metrics_file"] == run.uri("metrics.jsonl") and summary["plot"] == run.uri("loss.png")
+    assert [m["step"] for m in read_metrics(summary["metrics_file"], storage)] == [4, 8]
+    assert run.read_bytes("loss.png").startswith(b"\x89PNG")
+    assert any(p.startswith("tb/events.out.tfevents.") and b"mfu" in run.read_bytes(p) for p in run.list("tb"))
+    assert summary["checkpoint"].startswith(f"{bf16_s3_run['run']}/checkpoint_")
+    checkpoint = Storage(summary["checkpoint"], storage)
+    assert checkpoint.exists(WEIGHTS) and json.loads(checkpoint.read_bytes(MODEL_JSON))["step"] == 8

@@ -36,6 +36,25 @@ def storage_options(config: StorageConfig) -> dict:
     return options
 
 
+def arrow_filesystem(config: StorageConfig):
+    """The same S3 settings as a pyarrow filesystem (what Ray Train's `storage_filesystem` takes), or None when the
+    config sets nothing and pyarrow's own resolution from the URI and the AWS environment will do."""
+    if not (config.endpoint_url or config.region or config.anon or config.access_key_id):
+        return None
+    from urllib.parse import urlparse
+
+    from pyarrow import fs
+
+    options: dict = {"region": config.region, "anonymous": config.anon}
+    if config.endpoint_url:
+        endpoint = urlparse(config.endpoint_url)
+        options.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
+    if config.access_key_id and config.secret_access_key:
+        options.update(access_key=config.access_key_id.get_secret_value(),
+                       secret_key=config.secret_access_key.get_secret_value())
+    return fs.S3FileSystem(**{k: v for k, v in options.items() if v is not None})
+
+
 @dataclass
 class Storage:
     """A root URI (local directory or s3://bucket/prefix) and the filesystem that serves it."""
@@ -75,7 +94,8 @@ class Storage:
         base = self.path(relpath)
         if not self.fs.isdir(base):
             return []
-        found = self.fs.find(base)
+        # Keys ending in "/" are empty directory markers (pyarrow, so Ray Train's checkpoint uploads, makes them).
+        found = [p for p in self.fs.find(base) if not p.endswith("/")]
         prefix = self._root_path.rstrip("/") + "/"
         return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
 
@@ -90,7 +110,7 @@ class Storage:
         return {
             (p[len(prefix) :] if p.startswith(prefix) else p):
                 f"{info.get('size')}:{info.get('ETag') or info.get('mtime') or info.get('LastModified')}"
-            for p, info in sorted(entries.items())
+            for p, info in sorted(entries.items()) if not p.endswith("/")  # directory markers, as in `list`
         }
 
     def open(self, relpath: str, mode: str = "rb"):

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.storage import Storage
 from pipeline.train.deepspeed_config import deepspeed_config
+from pipeline.train.metrics import RunMetrics
 from pipeline.train.schedule import lr_factor
 from pipeline.train.throughput import batch_flops, declared_peak, mfu
 from schemas.batch import ModalityTable
@@ -68,7 +71,7 @@ def train_loop(loop_config: dict) -> None:
     peak, peak_source = declared_peak(config.peak_flops, config.precision, device)
     total_peak = float(_gather([peak], device).sum())
     if rank == 0:
-        print(f"MFU against {total_peak / 1e12:.3g} TFLOP/s over {world} worker(s) ({peak_source})", flush=True)
+        print_progress(f"MFU against {total_peak / 1e12:.3g} TFLOP/s over {world} worker(s) ({peak_source})")
 
     step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -80,16 +83,12 @@ def train_loop(loop_config: dict) -> None:
             loader.load_state_dict(meta["loaders"][str(rank)])
             torch.set_rng_state(torch.tensor(meta["torch_rng"][str(rank)], dtype=torch.uint8))
         if rank == 0:
-            print(f"resumed from step {step}", flush=True)
+            print_progress(f"resumed from step {step}")
 
     dims, vocab_sizes = resolve(config.model), np.array([s.vocab_size for s in table.specs])
 
-    metrics_path = loop_config.get("metrics_path")
-    events = None
-    if metrics_path and rank == 0:  # TensorBoard event files beside the JSONL: `tensorboard --logdir RUN_DIR/tb`
-        from tensorboardX import SummaryWriter
-
-        events = SummaryWriter(str(Path(metrics_path).parent / "tb"))
+    # Rank 0 writes the metrics into the run directory through Storage: it may be on another node than the driver.
+    metrics = RunMetrics(Storage(loop_config["run_dir"], config.storage)) if rank == 0 else None
     window_start, window = time.perf_counter(), np.zeros(3)  # tokens, samples, model FLOPs of this rank
     batches = iter(loader)
     while step < config.steps:
@@ -128,7 +127,7 @@ def train_loop(loop_config: dict) -> None:
             if step == config.steps:
                 report.update(_fixed_batch_eval(engine, config, table, rank, world, device))
             if rank == 0:
-                _log(report, config.steps, metrics_path, events)
+                _log(report, config.steps, metrics)
             window_start, window = time.perf_counter(), np.zeros(3)
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save(engine, loader, step, rank, world, report, config, table)
@@ -148,23 +147,20 @@ def _gather(values: list[float], device) -> np.ndarray:
     return torch.stack(rows).cpu().numpy()
 
 
-def _log(report: dict, steps: int, metrics_path: str | None, events) -> None:
-    """Rank 0: the progress line, a JSONL row and TensorBoard scalars."""
-    print(f"step {report['step']:>6}/{steps} loss {report['loss']:.4f} lr {report['lr']:.2e} "
-          f"{report['tokens_per_s']:,.0f} tok/s {report['samples_per_s']:,.1f} samples/s MFU {report['mfu']:.2%} "
-          f"peak {report['peak_rss_gib']:.2f} GiB", flush=True)
-    if metrics_path:
-        with open(metrics_path, "a") as handle:
-            handle.write(json.dumps(report) + "\n")
-    if events is not None:
-        step = report["step"]
-        for name, value in report.items():
-            if name == "peak_rss_gib_by_rank":
-                for rank, gib in enumerate(value):
-                    events.add_scalar(f"peak_rss_gib/rank{rank}", gib, step)
-            elif name != "step":
-                events.add_scalar(name.replace("loss_", "loss/"), value, step)
-        events.flush()
+def print_progress(line: str) -> None:
+    """A progress line from a Ray Train worker, printed once. Ray Train V2 swaps `print` in its workers for one that,
+    because Ray has replaced sys.stdout there, both prints and logs to the console: every line reached the driver
+    twice. The process's own stdout passes through that patch untouched and is still forwarded to the driver (and a
+    submitted job's log), without turning off Ray's capture of everything else."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
+def _log(report: dict, steps: int, metrics: RunMetrics) -> None:
+    """Rank 0: the progress line, then the JSONL row and TensorBoard scalars."""
+    print_progress(f"step {report['step']:>6}/{steps} loss {report['loss']:.4f} lr {report['lr']:.2e} "
+                   f"{report['tokens_per_s']:,.0f} tok/s {report['samples_per_s']:,.1f} samples/s "
+                   f"MFU {report['mfu']:.2%} peak {report['peak_rss_gib']:.2f} GiB")
+    metrics.log(report)
 
 
 def _fixed_batch_eval(engine, config: PretrainConfig, table: ModalityTable, rank: int, world: int, device) -> dict:
@@ -199,19 +195,34 @@ def _save(engine, loader, step: int, rank: int, world: int, report: dict, config
         meta = {"step": step, "loaders": {str(r): s["loader"] for r, s in enumerate(states)},
                 "torch_rng": {str(r): s["rng"] for r, s in enumerate(states)}}
         Path(directory, META).write_text(json.dumps(meta))
-        # Whole weights beside the ZeRO shards, so export and evaluation never unpickle DeepSpeed's files. Under
-        # stage 3 every rank takes part in gathering them; rank 0 writes them.
-        if config.zero.stage == 3:
-            weights = engine._zero3_consolidated_16bit_state_dict()
-        else:
-            weights = engine.module.state_dict()
+        # Whole weights beside the ZeRO shards, so export and evaluation never unpickle DeepSpeed's files. Every
+        # rank takes part in gathering them; rank 0 writes them.
+        weights = _master_weights(engine, keep=rank == 0)
         if rank == 0:
-            save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
-                      str(Path(directory, WEIGHTS)))
+            save_file(weights, str(Path(directory, WEIGHTS)))
             Path(directory, MODEL_JSON).write_text(json.dumps(
                 {"model": config.model.model_dump(mode="json"), "table": table.to_json(), "step": step}))
         ray.train.report({"step": step, **report},
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _master_weights(engine, keep: bool) -> dict:
+    """The full fp32 master weights (what DeepSpeed's zero_to_fp32 recovers), not the 16-bit copy the forward pass
+    uses, which under bf16 is rounded. A collective: every rank calls it, in the same parameter order; only a rank
+    with `keep` holds the result (a full fp32 copy on every rank would cost what ZeRO saves)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    # state_dict keys (tied names, persistent buffers) as the plain model expects them; parameters replaced below,
+    # since under stage 3 the module holds only empty partitions.
+    weights = dict(engine.module.state_dict())
+    gathered: dict[int, object] = {}
+    for name, param in engine.module.named_parameters(remove_duplicate=False):
+        if id(param) not in gathered:
+            full = safe_get_full_fp32_param(param)
+            # None where the optimizer keeps no separate master copy (stage 0 in fp32): the parameter is the master.
+            gathered[id(param)] = (param if full is None else full) if keep else None
+        weights[name] = gathered[id(param)]
+    return {k: v.detach().float().contiguous().cpu() for k, v in weights.items()} if keep else {}
 
 
 def _first_failure(loop_config: dict) -> bool:
@@ -220,28 +231,3 @@ def _first_failure(loop_config: dict) -> bool:
         return False
     marker.write_text("failed once")
     return True
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def plot_loss(metrics: list[dict], out: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([m["step"] for m in metrics])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [m["loss"] for m in metrics], label="loss", linewidth=2)
-    for name in sorted({k for m in metrics for k in m if k.startswith("loss_")}):
-        ax.plot(steps, [m.get(name, np.nan) for m in metrics], label=name[5:], alpha=0.6)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)

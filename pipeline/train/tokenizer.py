@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.train.loop import _first_failure  # the same one-failure test hook as pretraining
+from pipeline.train.loop import _first_failure, print_progress  # shared with pretraining
+from pipeline.train.ray_trainer import build_trainer
 from pipeline.train.schedule import lr_factor
 from schemas.train_tokenizer import TrainTokenizerConfig
 
@@ -55,7 +56,7 @@ def tokenizer_train_loop(loop_config: dict) -> None:
             state = json.loads(Path(directory, STATE).read_text())
             step, history = state["step"], state["history"]
         if rank == 0:
-            print(f"resumed from step {step}", flush=True)
+            print_progress(f"resumed from step {step}")
     if world > 1 and isinstance(network.quantizer, VectorQuantizer):
         def all_reduce(tensor: torch.Tensor) -> torch.Tensor:  # EMA statistics over every rank's latents
             dist.all_reduce(tensor)
@@ -103,9 +104,9 @@ def tokenizer_train_loop(loop_config: dict) -> None:
             history.append(record)
             window_start, window_ids = time.perf_counter(), []
             if rank == 0:
-                print(f"step {step:>6}/{config.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                      f"{record['samples_per_s']:,.0f} samples/s codes used {usage['usage']:.0%} "
-                      f"({elapsed / 60:.1f} min)", flush=True)
+                print_progress(f"step {step:>6}/{config.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                               f"{record['samples_per_s']:,.0f} samples/s codes used {usage['usage']:.0%} "
+                               f"({elapsed / 60:.1f} min)")
         if step % config.checkpoint_every == 0 or last:
             _report(tokenizer, optimizer, step, history, rank, config)
         if stop:
@@ -143,9 +144,6 @@ def _files(directory: str, like: dict[str, bytes]) -> dict[str, bytes]:
 
 def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = None) -> dict:
     """Train, score on the held-out split and write the tokenizer with its metrics and plots; returns a summary."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from pipeline.data.label_stream import iter_split
     from pipeline.data.storage import Storage
     from pipeline.tokenizers import load_tokenizer
@@ -169,21 +167,9 @@ def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = 
     print(f"train_tokenizer {config.run_name}: {tokenizer.tokenizer_id} ({type(tokenizer).__name__}, "
           f"{sum(p.numel() for p in tokenizer.network.parameters()):,} parameters, {tokenizer.tokens_per_sample} "
           f"tokens of {tokenizer.vocab_size} codes) on {config.workers} worker(s), {config.steps} steps", flush=True)
-    local = "://" not in config.storage_path
-    trainer = TorchTrainer(
-        tokenizer_train_loop,
-        train_loop_config={"config": config.model_dump(mode="json"), "files": tokenizer.files(),
-                           **(test_hooks or {})},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": config.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=config.run_name,
-            storage_path=str(Path(config.storage_path).resolve()) if local else config.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.num_to_keep),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
-    )
+    # The typed config itself, not a JSON dump: a dump masks the storage credentials the workers read with.
+    trainer = build_trainer(tokenizer_train_loop, {"config": config, "files": tokenizer.files(), **(test_hooks or {})},
+                            config.run_name, config)
     result = trainer.fit()
     with result.checkpoint.as_directory() as directory:
         trained = load_tokenizer(directory)

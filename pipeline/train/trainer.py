@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pipeline.train.loop import plot_loss, read_metrics, train_loop
+from pipeline.data.storage import Storage
+from pipeline.train.loop import train_loop
+from pipeline.train.metrics import METRICS, PLOT, plot_loss, read_metrics
+from pipeline.train.ray_trainer import build_trainer, checkpoint_uri, storage_root
 from schemas.pretrain import PretrainConfig
 
 
 def run_pretrain(config: PretrainConfig, test_hooks: dict | None = None) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from pipeline.data.loader import modality_table_from_output
 
     if not config.data:
         raise ValueError("pretrain needs token shards: --data URI (a preprocess output with tok_* folders)")
     table = modality_table_from_output(config.data, config.modalities, config.storage)
-    local = "://" not in config.storage_path
-    run_dir = Path(config.storage_path).resolve() / config.name if local else None
-    metrics_path = None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = str(run_dir / "metrics.jsonl")
-    trainer = TorchTrainer(
+    run = Storage(f"{storage_root(config.storage_path)}/{config.name}", config.storage)
+    trainer = build_trainer(
         train_loop,
-        train_loop_config={"config": config.model_dump(mode="json"), "table": table.to_json(),
-                           "metrics_path": metrics_path, **(test_hooks or {})},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": config.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=config.name,
-            storage_path=str(Path(config.storage_path).resolve()) if local else config.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.num_to_keep),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
-    )
+        # The typed config itself, not a JSON dump: a dump masks the storage credentials rank 0 writes with.
+        {"config": config, "table": table.to_json(), "run_dir": run.uri(), **(test_hooks or {})},
+        config.name, config)
     result = trainer.fit()
-    summary = {"run": config.name, "checkpoint": result.checkpoint.path if result.checkpoint else None,
+    summary = {"run": config.name, "checkpoint": checkpoint_uri(result, config.storage_path),
                "metrics": result.metrics, "table": table.to_json()}
-    if metrics_path and read_metrics(metrics_path):
-        plot_loss(read_metrics(metrics_path), run_dir / "loss.png")
-        summary.update(metrics_file=metrics_path, plot=str(run_dir / "loss.png"))
+    metrics = read_metrics(run.uri(METRICS), config.storage)
+    if metrics:
+        plot_loss(metrics, run)
+        # Local paths stay plain paths (what tests and the demo open); remote ones are URIs.
+        summary.update(metrics_file=run.uri(METRICS), plot=run.uri(PLOT))
     return summary
-
