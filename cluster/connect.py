@@ -112,7 +112,9 @@ def connect(
             address="local",
             num_cpus=num_cpus,
             object_store_memory=object_store_memory,
-            include_dashboard=False,
+            # On, on localhost only: the dashboard serves the State API, which Ray Train's placement-group cleaner
+            # polls (without it, it warns every few seconds) and `ray list ...` reads.
+            include_dashboard=True,
             dashboard_host="127.0.0.1",
         )
         return summarize("local")
