@@ -14,7 +14,7 @@ from jobs.cli import job_parser, load_job_config, run_job
 from pipeline.data.storage import Storage
 from pipeline.eval.registry import select_tasks
 from pipeline.eval.report import markdown_table, write_results
-from pipeline.eval.runner import any_failed, missing_inputs, run_evaluation, skipped_row, unmet_requirements
+from pipeline.eval.runner import any_failed, drop_unmet, missing_inputs, run_evaluation
 from schemas.config import ConfigError
 from schemas.evaluate import EvaluateConfig
 
@@ -45,13 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("; ".join(problems))
     skipped = []
     if config.tasks == ("all",):  # every task the run can be scored on; a named task that cannot is a failure
-        first = config.checkpoints[0] if config.checkpoints else None
-        for task in list(tasks):
-            reasons = unmet_requirements(task, config, first)
-            if reasons:
-                tasks.remove(task)
-                skipped += [skipped_row(task, checkpoint, reasons) for checkpoint in config.checkpoints or [None]]
-                print(f"skipping {task.name}: {'; '.join(reasons)}")
+        tasks, skipped = drop_unmet(config, tasks)
     connect(config.ray.address, num_cpus=config.ray.num_cpus)
     rows = run_evaluation(config, tasks, list(config.checkpoints)) + skipped
     written = write_results(rows, Storage(config.out, config.storage))

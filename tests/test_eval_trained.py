@@ -106,19 +106,23 @@ def test_decoding_and_digits_tasks_run_end_to_end(trained, tmp_path):
 def test_all_skips_what_the_run_lacks_and_says_why(trained):
     from pipeline.eval.registry import HeadKind, Metric, TokenSplit, Task, get_task
     from pipeline.eval.report import markdown_table
-    from pipeline.eval.runner import any_failed, skipped_row, unmet_requirements
+    from pipeline.eval.runner import RunInventory, any_failed, drop_unmet, skipped_row, unmet_requirements
     from schemas.evaluate import EvaluateConfig
 
     config = EvaluateConfig(data=trained.data, checkpoints=(trained.model,),
                             tokenizers={"rgb": trained.tokenizers["rgb"]})
-    assert unmet_requirements(get_task("rgb_to_caption"), config, trained.model) == []
-    assert unmet_requirements(get_task("rgb_to_depth"), config, trained.model) == [
+    run = RunInventory.of(config, trained.model)
+    assert unmet_requirements(get_task("rgb_to_caption"), run) == []
+    assert unmet_requirements(get_task("rgb_to_depth"), run) == [
         "no tokenizer given for ['depth'] (tokenizers.<modality>)"]
     edges = Task(name="edges_probe", inputs=("canny_edge",), target="x", head=HeadKind.LINEAR_PROBE,
                  data=TokenSplit(("canny_edge",), ("annotations",)), metrics=(Metric("accuracy", True),),
                  baseline="majority class", evaluate=lambda ctx: [])
-    assert unmet_requirements(edges, config, trained.model) == [
+    assert unmet_requirements(edges, run) == [
         "the model was not trained on ['canny_edge']", "the data has no ['tok_canny_edge'] folders"]
-    rows = [skipped_row(edges, trained.model, unmet_requirements(edges, config, trained.model))]
+    rows = [skipped_row(edges, trained.model, unmet_requirements(edges, run))]
     assert not any_failed(rows) and rows[0]["status"] == "skipped"
     assert "skipped edges_probe: the model was not trained on ['canny_edge']" in markdown_table(rows)
+    runnable, skipped = drop_unmet(config, [get_task("rgb_to_caption"), get_task("rgb_to_depth")], lambda _: None)
+    assert [t.name for t in runnable] == ["rgb_to_caption"]
+    assert [(r["task"], r["status"]) for r in skipped] == [("rgb_to_depth", "skipped")]

@@ -12,6 +12,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import ray
 
@@ -129,29 +130,62 @@ def missing_inputs(config: EvaluateConfig, tasks: Sequence[Task]) -> list[str]:
     return problems
 
 
-def unmet_requirements(task: Task, config: EvaluateConfig, checkpoint: str | None) -> list[str]:
+@dataclass(frozen=True)
+class RunInventory:
+    """What a run offers the tasks, read once per job: the model's modalities, the data's folders, the tokenizers."""
+
+    model_modalities: frozenset[str] | None  # None: no checkpoint given
+    data_folders: frozenset[str] | None  # None: no --data given
+    tokenizers: frozenset[str]
+
+    @classmethod
+    def of(cls, config: EvaluateConfig, checkpoint: str | None) -> RunInventory:
+        from pipeline.data.inspect import read_manifest
+        from pipeline.data.storage import Storage
+        from pipeline.eval.checkpoint import read_modalities
+
+        return cls(
+            frozenset(read_modalities(checkpoint, config.storage)) if checkpoint else None,
+            frozenset(row["folder"] for row in read_manifest(Storage(config.data, config.storage)))
+            if config.data is not None else None,
+            frozenset(config.tokenizers))
+
+
+def unmet_requirements(task: Task, run: RunInventory) -> list[str]:
     """What the checkpoint's run, the data or the config lacks for `task`: the reasons `--tasks all` skips it."""
-    from pipeline.data.inspect import read_manifest
-    from pipeline.data.storage import Storage
-    from pipeline.eval.checkpoint import read_modalities
     from pipeline.eval.registry import TokenSplit
     from schemas.shards import token_folder
 
     reasons = []
-    if task.needs_model and checkpoint is not None:
-        unknown = [m for m in task.modalities if m not in read_modalities(checkpoint, config.storage)]
+    if task.needs_model and run.model_modalities is not None:
+        unknown = [m for m in task.modalities if m not in run.model_modalities]
         if unknown:
             reasons.append(f"the model was not trained on {unknown}")
-    if isinstance(task.data, TokenSplit) and config.data is not None:
-        folders = {row["folder"] for row in read_manifest(Storage(config.data, config.storage))}
+    if isinstance(task.data, TokenSplit) and run.data_folders is not None:
         wanted = [token_folder(m) for m in task.data.modalities] + list(task.data.aux)
-        absent = [f for f in wanted if f not in folders]
+        absent = [f for f in wanted if f not in run.data_folders]
         if absent:
             reasons.append(f"the data has no {absent} folders")
-    untold = [m for m in task.tokenizers if m not in config.tokenizers]
+    untold = [m for m in task.tokenizers if m not in run.tokenizers]
     if untold:
         reasons.append(f"no tokenizer given for {untold} (tokenizers.<modality>)")
     return reasons
+
+
+def drop_unmet(config: EvaluateConfig, tasks: Sequence[Task],
+               progress: Callable[[str], None] = print) -> tuple[list[Task], list[dict]]:
+    """(the tasks the run can be scored on, a `skipped` row per checkpoint for each of the others)."""
+    checkpoints = list(config.checkpoints) or [None]
+    run = RunInventory.of(config, checkpoints[0])
+    runnable, skipped = [], []
+    for task in tasks:
+        reasons = unmet_requirements(task, run)
+        if reasons:
+            skipped += [skipped_row(task, checkpoint, reasons) for checkpoint in checkpoints]
+            progress(f"skipping {task.name}: {'; '.join(reasons)}")
+        else:
+            runnable.append(task)
+    return runnable, skipped
 
 
 def skipped_row(task: Task, checkpoint: str | None, reasons: Sequence[str]) -> dict:
