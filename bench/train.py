@@ -1,20 +1,21 @@
-"""Training benchmarks on Ray Train + DeepSpeed: scaling efficiency, ZeRO memory per worker, and scale.
+"""Training benchmarks on Ray Train + DeepSpeed: scaling efficiency, ZeRO memory per worker, scale, job runs.
 
-    python bench/train.py scaling [--size S --batch 2 --tokens 256 --steps 8]
+    python bench/train.py scaling [--batches 4 16 --size S --steps 12]
+    python bench/train.py run     --size B --precision bf16 --gpu [--stage 3 --offload]
     python bench/train.py memory  [--sizes S B --stages 0 1 2 3]
     python bench/train.py scale   [--size L --stages 3 0 --steps 3 --limit-gib 19]
 
-scaling: tokens/s of N Ray Train workers (ZeRO-2, 1 CPU and 1 torch thread each) against one plain PyTorch process
-    (same model, same per-worker batch, torch AdamW, 1 thread), in one run; efficiency = Ray / (N x plain).
+scaling, run: the pretrain job itself (the real model, loader and train loop) against a plain PyTorch loop, and
+    single job runs for MFU on a GPU: see bench/pretrain_job.py, which these two commands run.
 memory:  per-worker RSS high-water and live model-state bytes for each ZeRO stage, in Ray Train workers, against the
     ZeRO paper's formulas (bench/zero_memory.py holds the measurement and the settings).
 scale:   the L size (~0.7B params) under ZeRO-3 on N workers within this machine, and stage 0 for contrast; a
     worker passing its share of --limit-gib (summed over workers) kills itself so the shared machine never OOMs.
 
-The model is the 4M-shaped stand-in of bench/_common.py (pipeline/model was not in the tree when these ran).
-The memory settings (`--variant tuned`, the default) apply to every subcommand: glibc malloc env vars are set in the
-driver before Ray starts so every Ray worker inherits them. They cost ~15% CPU time, so the scaling figures in
-BENCHMARKS.md come from `scaling --no-malloc`.
+memory and scale measure the 4M-shaped stand-in of bench/_common.py (pipeline/model was not in the tree when they
+were written), with DeepSpeed driven directly inside TorchTrainer workers. Their memory settings (`--variant tuned`,
+the default) set glibc malloc env vars in the driver before Ray starts so every Ray worker inherits them; they cost
+~15% CPU time (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -24,102 +25,14 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import zero_memory  # noqa: E402
-from bench._common import GiB, SelfRssLimit, build_model, check_free_memory, param_count, random_batch  # noqa: E402
-
-
-# ---------------------------------------------------------------- plain PyTorch baseline
-
-class PhaseClock:
-    """Wall and this process's CPU seconds per phase of one step: CPU < wall means the rank waited (for a peer's
-    collective, or for a core another process held)."""
-
-    def __init__(self):
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        self.last = self.wall0
-        self.phases: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.phases[name], self.last = now - self.last, now
-
-    def record(self) -> dict:
-        return {"wall": time.perf_counter() - self.wall0, "cpu": time.process_time() - self.cpu0, **self.phases}
-
-    def __str__(self) -> str:
-        r = self.record()
-        return f"{r['wall']:.2f}s (cpu {r['cpu']:.2f}s; " + ", ".join(f"{k} {v:.2f}" for k, v in self.phases.items()) + ")"
-
-
-def plain_worker(args, queue) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args.size)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
-    times = []
-    for step in range(args.warmup + args.steps):
-        batch = random_batch(args.size, args.batch, args.tokens, seed=step)
-        clock = PhaseClock()
-        loss = model(**batch)
-        clock.lap("forward")
-        loss.backward()
-        clock.lap("backward")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        clock.lap("step")
-        times.append(clock.record())
-        print(f"  plain step {step}: loss {float(loss.detach()):.3f} {clock}", flush=True)
-    queue.put(times[args.warmup:])
-
-
-def run_plain(args) -> list[float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=plain_worker, args=(args, queue))
-    p.start()
-    times = queue.get()
-    p.join()
-    return times
+from bench._common import GiB, SelfRssLimit, check_free_memory, param_count  # noqa: E402
 
 
 # ---------------------------------------------------------------- Ray Train workers
-
-def ray_scaling_loop(config: dict) -> None:
-    """Ray Train worker: ZeRO-`stage` DeepSpeed engine over Ray's gloo process group; writes its step times."""
-    os.environ["DS_ACCELERATOR"] = "cpu"
-    import deepspeed  # imported in the worker only, as the pretrain job does
-    import ray.train
-    import torch
-
-    args = config["args"]
-    rank = ray.train.get_context().get_world_rank()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args.size)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=zero_memory.ds_config(args, args.stage))
-    times = []
-    for step in range(args.warmup + args.steps):
-        batch = random_batch(args.size, args.batch, args.tokens, seed=1000 * step + rank)
-        clock = PhaseClock()
-        loss = engine(**batch)
-        clock.lap("forward")
-        engine.backward(loss)
-        clock.lap("backward")
-        engine.step()
-        clock.lap("step")
-        times.append(clock.record())
-        if rank == 0:
-            print(f"  ray step {step}: loss {float(loss.detach()):.3f} {clock}", flush=True)
-    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(times[args.warmup:]))
 
 
 def ray_memory_loop(config: dict) -> None:
@@ -168,38 +81,6 @@ def start_ray(args) -> None:
 
 
 # ---------------------------------------------------------------- subcommands
-
-def cmd_scaling(args) -> None:
-    tokens_per_step = args.batch * 2 * args.tokens  # encoder + decoder tokens per worker
-    print(f"scaling: {args.size} ({param_count(args.size) / 1e6:.0f}M params), batch {args.batch} x "
-          f"({args.tokens}+{args.tokens}) tokens per worker, ZeRO-{args.stage}, {args.workers} workers", flush=True)
-    plain = run_plain(args)
-    start_ray(args)
-    ray_times = run_ray(ray_scaling_loop, args, {})
-    def mean(records, key):
-        return sum(r[key] for r in records) / len(records)
-
-    plain_tps = tokens_per_step / mean(plain, "wall")
-    # a step ends for the group when its slowest rank ends
-    slowest = [max(steps, key=lambda r: r["wall"]) for steps in zip(*ray_times)]
-    ray_tps = args.workers * tokens_per_step / mean(slowest, "wall")
-    eff = ray_tps / (args.workers * plain_tps)
-    # CPU seconds per step ignore time a rank waited for a core that another process held: on a shared machine
-    # this ratio is the efficiency the same code would reach with the cores to itself (still counting the CPU
-    # that DeepSpeed's collectives and bookkeeping burn, not the time a rank blocks in one).
-    all_ray = [r for ranks in ray_times for r in ranks]
-    cpu_eff = mean(plain, "cpu") / mean(all_ray, "cpu")
-    print("\n| model | per-worker batch | plain step s (fwd / bwd / step; cpu) | plain tokens/s | "
-          "Ray ZeRO-%d step s (fwd / bwd / step; cpu) | Ray tokens/s | efficiency | CPU-time efficiency |" % args.stage)
-    print("|---|---|---|---|---|---|---|---|")
-
-    def cell(records):
-        return (f"{mean(records, 'wall'):.2f} ({mean(records, 'forward'):.2f} / {mean(records, 'backward'):.2f} / "
-                f"{mean(records, 'step'):.2f}; {mean(records, 'cpu'):.2f})")
-
-    print(f"| {args.size} | {args.batch}x({args.tokens}+{args.tokens}) | {cell(plain)} | {plain_tps:.0f} | "
-          f"{cell(slowest)} | {ray_tps:.0f} | **{eff:.2f}** | {cpu_eff:.2f} |")
-
 
 def cmd_memory(args) -> None:
     start_ray(args)
@@ -256,10 +137,9 @@ def cmd_scale(args) -> None:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["scaling", "memory", "scale"])
+    ap.add_argument("command", choices=["memory", "scale"])
     ap.add_argument("--size", default=None)
     ap.add_argument("--sizes", nargs="+", default=["S", "B"])
-    ap.add_argument("--stage", type=int, default=2, help="scaling: the ZeRO stage of the Ray run")
     ap.add_argument("--stages", type=int, nargs="+", default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=None)
@@ -276,7 +156,6 @@ def parse_args(argv=None):
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     defaults = {  # per command: size, batch, steps, stages, limit
-        "scaling": ("S", 4, 8, [2], 8.0),
         "memory": ("S", 1, 3, [0, 1, 2, 3], 14.0),
         "scale": ("L", 1, 3, [3, 0], 19.0),
     }[args.command]
@@ -291,8 +170,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("scaling", "run"):
+        from bench import pretrain_job
+
+        return pretrain_job.main(argv)
     args = parse_args(argv)
-    {"scaling": cmd_scaling, "memory": cmd_memory, "scale": cmd_scale}[args.command](args)
+    {"memory": cmd_memory, "scale": cmd_scale}[args.command](args)
 
 
 if __name__ == "__main__":

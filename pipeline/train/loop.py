@@ -60,7 +60,7 @@ def train_loop(loop_config: dict) -> None:
     else:
         model = build_model(config.model, table)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
-                                  weight_decay=config.optim.weight_decay)
+                                  weight_decay=config.optim.weight_decay, fused=config.optim.fused)
     engine, optimizer, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     del model  # the engine owns the (partitioned) parameters now; a second reference would keep full copies alive
     loader = TokenShardLoader(config.data, table, config.masking, config.loader, rank, world, config.storage)
