@@ -53,7 +53,7 @@ class PretrainConfig(ConfigModel):
     workers: int = Field(default=2, ge=1)
     cpus_per_worker: int = Field(default=1, ge=1)
     use_gpu: bool = False
-    steps: int = Field(default=100, ge=1)
+    steps: int = Field(default=100, ge=1)  # optimizer steps, each of optim.grad_accumulation micro-batches
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
     model: ModelConfig = ModelConfig()

@@ -82,6 +82,8 @@ def train_loop(loop_config: dict) -> None:
             step = meta["step"]
             loader.load_state_dict(meta["loaders"][str(rank)])
             torch.set_rng_state(torch.tensor(meta["torch_rng"][str(rank)], dtype=torch.uint8))
+            if config.use_gpu and "cuda_rng" in meta:
+                torch.cuda.set_rng_state(torch.tensor(meta["cuda_rng"][str(rank)], dtype=torch.uint8))
         if rank == 0:
             print_progress(f"resumed from step {step}")
 
@@ -90,33 +92,48 @@ def train_loop(loop_config: dict) -> None:
     # Rank 0 writes the metrics into the run directory through Storage: it may be on another node than the driver.
     metrics = RunMetrics(Storage(loop_config["run_dir"], config.storage)) if rank == 0 else None
     window_start, window = time.perf_counter(), np.zeros(3)  # tokens, samples, model FLOPs of this rank
-    batches = iter(loader)
+    # Loss sums over the log window, kept on the device so that no micro-batch waits for a host sync: the total
+    # first, then each modality's in table order; with their counts, the logged losses are window means over all
+    # ranks' micro-batches, not one micro-batch of rank 0.
+    losses, counts = torch.zeros(len(table) + 1, dtype=torch.float64, device=device), np.zeros(len(table) + 1)
+    slot = {name: 1 + i for i, name in enumerate(table.names)}
+    batches = _endless(loader)
     while step < config.steps:
-        try:
-            batch = next(batches)
-        except StopIteration:  # next epoch: every rank has the same number of batches, so all roll over together
-            batches = iter(loader)
-            continue
         for group in optimizer.param_groups:
             group["lr"] = config.optim.lr * lr_factor(step, config.steps, config.optim)
-        tensors = {k: v.to(device) for k, v in to_torch(batch).items()}
-        out = engine(tensors)
-        engine.backward(out.loss)
-        engine.step()
+        # A step is one optimizer step: `grad_accumulation` micro-batches, DeepSpeed applying the update after the
+        # last. Counting steps this way keeps every checkpoint on an update boundary, where no partial gradient
+        # exists that the checkpoint would lose (DeepSpeed saves none, and a restored engine restarts its
+        # micro-step count at 0).
+        for _ in range(config.optim.grad_accumulation):
+            batch = next(batches)
+            tensors = {k: v.to(device) for k, v in to_torch(batch).items()}
+            out = engine(tensors)
+            engine.backward(out.loss)
+            engine.step()
+            window += (int((~batch["enc_pad"]).sum() + (~batch["dec_pad"]).sum()), len(batch["enc_pad"]),
+                       batch_flops(dims, batch, vocab_sizes))
+            losses[0] += out.loss.detach()
+            counts[0] += 1
+            for name, value in out.losses.items():
+                losses[slot[name]] += value.detach()
+                counts[slot[name]] += 1
         step += 1
-        window += (int((~batch["enc_pad"]).sum() + (~batch["dec_pad"]).sum()), len(batch["enc_pad"]),
-                   batch_flops(dims, batch, vocab_sizes))
         if loop_config.get("fail_at_step") == step and rank == world - 1 and _first_failure(loop_config):
             os._exit(1)  # a test hook: a worker dying mid-run, which FailureConfig must recover from
         report = {}
         if step % config.log_every == 0 or step == config.steps:
             seconds = time.perf_counter() - window_start
             memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            per_rank = _gather([*window, memory], device)  # (world, 4): every rank's window and peak RSS
+            # (world, 4 + 2 x (modalities + 1)): every rank's window, peak RSS, loss sums and counts
+            per_rank = _gather([*window, memory, *losses.tolist(), *counts], device)
             tokens, samples, flops = map(float, per_rank[:, :3].sum(axis=0))
+            loss_sums, loss_counts = np.split(per_rank[:, 4:].sum(axis=0), 2)
+            means = {name: float(total / count) for name, total, count
+                     in zip(("", *table.names), loss_sums, loss_counts) if count}
             report = {
-                "step": step, "loss": float(out.loss.detach()), "lr": optimizer.param_groups[0]["lr"],
-                **{f"loss_{name}": float(value.detach()) for name, value in out.losses.items()},
+                "step": step, "loss": means.pop(""), "lr": optimizer.param_groups[0]["lr"],
+                **{f"loss_{name}": value for name, value in means.items()},
                 "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "flops_per_s": flops / seconds,
                 "mfu": mfu(flops, seconds, total_peak), "peak_flops": total_peak,
                 "peak_rss_gib": float(per_rank[:, 3].max()), "peak_rss_gib_by_rank": per_rank[:, 3].tolist(),
@@ -127,13 +144,30 @@ def train_loop(loop_config: dict) -> None:
             if step == config.steps:
                 report.update(_fixed_batch_eval(engine, config, table, rank, world, device))
             if rank == 0:
-                _log(report, config.steps, metrics)
+                # metrics reach remote storage at least with every checkpoint, so a resumed run has its history
+                _log(report, config.steps, metrics,
+                     flush=step % config.checkpoint_every == 0 or step == config.steps)
             window_start, window = time.perf_counter(), np.zeros(3)
+            losses.zero_()
+            counts[:] = 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save(engine, loader, step, rank, world, report, config, table)
             window_start = time.perf_counter()  # checkpoint time is not training throughput
         elif report:
             ray.train.report(report)
+
+
+def _endless(loader):
+    """The loader's batches epoch after epoch: every rank has the same number of batches per epoch, so all roll
+    over together."""
+    while True:
+        produced = False
+        for batch in loader:
+            produced = True
+            yield batch
+        if not produced:
+            raise RuntimeError("the loader made no batch in a whole epoch: this rank's shards hold fewer samples "
+                               "than loader.batch_size")
 
 
 def _gather(values: list[float], device) -> np.ndarray:
@@ -155,12 +189,12 @@ def print_progress(line: str) -> None:
     print(line, file=sys.__stdout__, flush=True)
 
 
-def _log(report: dict, steps: int, metrics: RunMetrics) -> None:
+def _log(report: dict, steps: int, metrics: RunMetrics, flush: bool) -> None:
     """Rank 0: the progress line, then the JSONL row and TensorBoard scalars."""
     print_progress(f"step {report['step']:>6}/{steps} loss {report['loss']:.4f} lr {report['lr']:.2e} "
                    f"{report['tokens_per_s']:,.0f} tok/s {report['samples_per_s']:,.1f} samples/s "
                    f"MFU {report['mfu']:.2%} peak {report['peak_rss_gib']:.2f} GiB")
-    metrics.log(report)
+    metrics.log(report, flush=flush)
 
 
 def _fixed_batch_eval(engine, config: PretrainConfig, table: ModalityTable, rank: int, world: int, device) -> dict:
@@ -189,11 +223,16 @@ def _save(engine, loader, step: int, rank: int, world: int, report: dict, config
 
     # Loader positions and RNG states of every rank go into one small file that every rank holds alike.
     states = [None] * world
-    dist.all_gather_object(states, {"loader": loader.state_dict(), "rng": torch.get_rng_state().tolist()})
+    mine = {"loader": loader.state_dict(), "rng": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available() and config.use_gpu:  # dropout or sampling on the GPU draws from this generator
+        mine["cuda_rng"] = torch.cuda.get_rng_state().tolist()
+    dist.all_gather_object(states, mine)
     with tempfile.TemporaryDirectory(prefix="tessera-ckpt-") as directory:
         engine.save_checkpoint(directory, tag=TAG)
         meta = {"step": step, "loaders": {str(r): s["loader"] for r, s in enumerate(states)},
                 "torch_rng": {str(r): s["rng"] for r, s in enumerate(states)}}
+        if "cuda_rng" in states[0]:
+            meta["cuda_rng"] = {str(r): s["cuda_rng"] for r, s in enumerate(states)}
         Path(directory, META).write_text(json.dumps(meta))
         # Whole weights beside the ZeRO shards, so export and evaluation never unpickle DeepSpeed's files. Every
         # rank takes part in gathering them; rank 0 writes them.

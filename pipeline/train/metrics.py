@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,12 @@ PLOT = "loss.png"
 
 
 class RunMetrics:
-    """Rank 0's writer. The JSONL is small, so each log rewrites it whole in one atomic commit (S3 has no append);
-    TensorBoard writes to a local scratch directory whose event files are copied up after each flush."""
+    """Rank 0's writer. S3 has no append, so a flush rewrites the JSONL whole in one atomic commit and copies up the
+    TensorBoard event files, which TensorBoard writes to a local scratch directory. On local storage every log
+    flushes; on remote storage at most every `remote_flush_s` seconds, and always when asked (at checkpoints and
+    at the end), so that a long run logging often uploads a bounded number of times, not once per log row."""
 
-    def __init__(self, run: Storage):
+    def __init__(self, run: Storage, remote_flush_s: float = 30.0):
         from tensorboardX import SummaryWriter
 
         self.run = run
@@ -29,10 +32,11 @@ class RunMetrics:
         self.rows = read_metrics(run.uri(METRICS), run.config)
         self._scratch = tempfile.TemporaryDirectory(prefix="tessera-tb-")
         self.events = SummaryWriter(self._scratch.name)
+        self.flush_every_s = remote_flush_s if run.is_remote else 0.0
+        self._flushed_at = time.monotonic()
 
-    def log(self, report: dict) -> None:
+    def log(self, report: dict, flush: bool = False) -> None:
         self.rows.append(report)
-        self.run.write_atomic(METRICS, "".join(json.dumps(row) + "\n" for row in self.rows).encode())
         step = report["step"]
         for name, value in report.items():
             if name == "peak_rss_gib_by_rank":
@@ -40,9 +44,15 @@ class RunMetrics:
                     self.events.add_scalar(f"peak_rss_gib/rank{rank}", gib, step)
             elif name != "step":
                 self.events.add_scalar(name.replace("loss_", "loss/"), value, step)
+        if flush or time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.run.write_atomic(METRICS, "".join(json.dumps(row) + "\n" for row in self.rows).encode())
         self.events.flush()
         for path in Path(self._scratch.name).iterdir():  # one file per writer process, so names never collide
             self.run.write_atomic(f"{EVENTS}/{path.name}", path.read_bytes())
+        self._flushed_at = time.monotonic()
 
 
 def read_metrics(uri: str | Path, storage: StorageConfig | None = None) -> list[dict]:
