@@ -137,7 +137,7 @@ def test_export_after_stage_3_matches_deepspeed_and_the_engine(stage_run, tokens
 
     from jobs.export import main as export_main
     from pipeline.data.loader import TokenShardLoader, to_torch
-    from pipeline.train.export import load_exported
+    from pipeline.eval.checkpoint import load_exported
 
     run = stage_run(3)
     out = tmp_path / "export" / "tiny.safetensors"

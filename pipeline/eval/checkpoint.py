@@ -14,25 +14,43 @@ import numpy as np
 from pipeline.data.storage import Storage
 from pipeline.eval.batches import Row, pack
 from schemas.batch import ModalityTable
+from schemas.export import MODEL_JSON, WEIGHTS, sidecar_name
+from schemas.model import ModelConfig
 from schemas.preprocess import StorageConfig
 
 _STEP = re.compile(r"(\d+)(?!.*\d)")
-CHECKPOINT_JSON = "model.json"  # a pretrain checkpoint directory's sidecar (pipeline/train/loop.py MODEL_JSON)
 
 
-def _sidecar(uri: str, storage: StorageConfig) -> tuple[Storage, str]:
-    """Where the export's JSON lives: beside `x.safetensors` as `x.json`, or inside a checkpoint directory."""
+def _files(uri: str, storage: StorageConfig) -> tuple[Storage, str, str]:
+    """Where an export's weights and JSON live: `x.safetensors` with `x.json` beside it, or a checkpoint directory
+    holding both under their fixed names."""
     if uri.endswith(".safetensors"):
         directory, _, name = uri.rpartition("/")
-        return Storage(directory or ".", storage), name.removesuffix(".safetensors") + ".json"
-    return Storage(uri, storage), CHECKPOINT_JSON
+        return Storage(directory or ".", storage), name, sidecar_name(name)
+    return Storage(uri, storage), WEIGHTS, MODEL_JSON
+
+
+def load_exported(uri: str, storage: StorageConfig | None = None, device: str = "cpu"):
+    """The plain model (no DeepSpeed) of an export or a checkpoint directory, in eval mode, with its ModalityTable
+    and the JSON description."""
+    import torch
+    from safetensors.torch import load
+
+    from pipeline.model import build_model
+
+    files, weights, description = _files(uri, storage or StorageConfig())
+    meta = json.loads(files.read_bytes(description))
+    table = ModalityTable.from_json(meta["table"])
+    model = build_model(ModelConfig.model_validate(meta["model"]), table)
+    model.load_state_dict(load(files.read_bytes(weights)))
+    return model.to(torch.device(device)).eval(), table, meta
 
 
 def read_step(uri: str, storage: StorageConfig | None = None) -> int | None:
     """The training step the checkpoint records (its sidecar's `step`); when it records none (or is not there),
     the last number in its final path component (`run/step-000200` -> 200); else None."""
     try:
-        files, name = _sidecar(uri, storage or StorageConfig())
+        files, _, name = _files(uri, storage or StorageConfig())
         step = json.loads(files.read_bytes(name)).get("step")
         if step is not None:
             return int(step)
@@ -44,7 +62,7 @@ def read_step(uri: str, storage: StorageConfig | None = None) -> int | None:
 
 def read_modalities(uri: str, storage: StorageConfig | None = None) -> tuple[str, ...]:
     """The modalities of the checkpoint's run (its sidecar's table), without loading any weights."""
-    files, name = _sidecar(uri, storage or StorageConfig())
+    files, _, name = _files(uri, storage or StorageConfig())
     return ModalityTable.from_json(json.loads(files.read_bytes(name))["table"]).names
 
 
@@ -96,7 +114,5 @@ class EvalModel:
 
 def load_model(uri: str, storage: StorageConfig, device: str = "cpu") -> EvalModel:
     """The exported model at `uri` (a .safetensors export or a pretrain checkpoint directory), in eval mode."""
-    from pipeline.train.export import load_exported
-
     module, table, _ = load_exported(uri, storage, device)
     return EvalModel(module, table, device)

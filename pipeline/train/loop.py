@@ -24,12 +24,12 @@ from pipeline.train.metrics import RunMetrics
 from pipeline.train.schedule import lr_factor
 from pipeline.train.throughput import batch_flops, declared_peak, mfu
 from schemas.batch import ModalityTable
+# consolidated weights (no DeepSpeed, nothing unpickled) and their ModelConfig + ModalityTable
+from schemas.export import MODEL_JSON, WEIGHTS
 from schemas.pretrain import PretrainConfig
 
 TAG = "state"  # one DeepSpeed tag per reported checkpoint directory
 META = "tessera_meta.json"
-WEIGHTS = "model.safetensors"  # consolidated weights, loadable without DeepSpeed and without unpickling anything
-MODEL_JSON = "model.json"  # ModelConfig + ModalityTable of those weights
 
 
 def train_loop(loop_config: dict) -> None:
