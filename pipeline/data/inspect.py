@@ -11,7 +11,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from pipeline.data.storage import Storage
 from schemas.shards import FORMAT_VERSION, MANIFEST_FILE
@@ -40,6 +39,9 @@ def read_manifest(storage: Storage) -> list[dict]:
 
 def iterate_shard(payload: bytes):
     """(key, {ext: bytes}) pairs of one tar, through the webdataset library's own tar grouping."""
+    # Imported here: webdataset imports torch (~1 s), and only this function needs it.
+    import webdataset as wds
+
     sources = [{"url": "shard", "stream": io.BytesIO(payload)}]
     for sample in wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(sources)):
         key = sample.pop("__key__")
