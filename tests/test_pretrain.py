@@ -73,6 +73,16 @@ def test_zero_stages_follow_the_same_trajectory(stage_run):
         assert curves[stage] == pytest.approx(curves[0], rel=1e-3), f"stage {stage}"
 
 
+def test_zero_3_with_cpu_offload_follows_stage_3(stage_run, tokens, tmp_path):
+    """Optimizer and parameter offload to CPU (the setting for sizes that do not fit a GPU) with the job's own torch
+    AdamW: same recipe, same trajectory as plain stage 3."""
+    run = run_pretrain(config(tokens, tmp_path, *REFERENCE, "zero.stage=3", "zero.offload_optimizer=true",
+                              "zero.offload_params=true"))
+    log = read_metrics(run["metrics_file"])
+    assert [m["step"] for m in log] == STEPS
+    assert [m["loss"] for m in log] == pytest.approx([m["loss"] for m in stage_run(3)["log"]], rel=1e-3)
+
+
 def test_killed_worker_resumes_and_ends_where_an_uninterrupted_run_does(stage_run, tokens, tmp_path):
     hooks = {"fail_at_step": 18, "failure_marker": str(tmp_path / "failed-once")}
     summary = run_pretrain(config(tokens, tmp_path, *REFERENCE, "zero.stage=2", "max_failures=1"), test_hooks=hooks)

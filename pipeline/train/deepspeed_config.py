@@ -23,7 +23,13 @@ def deepspeed_config(config: PretrainConfig) -> dict:
         optimization["offload_optimizer"] = {"device": "cpu"}
     if zero.offload_params:
         optimization["offload_param"] = {"device": "cpu"}
+    settings: dict = {}
+    if zero.offload_optimizer:
+        # DeepSpeed refuses a client optimizer under offload unless told otherwise: it wants its DeepSpeedCPUAdam,
+        # a C++ op compiled on first use. torch's fused AdamW runs vectorised on the offloaded CPU partitions too.
+        settings["zero_force_ds_cpu_optimizer"] = False
     return {
+        **settings,
         "train_micro_batch_size_per_gpu": config.loader.batch_size,
         "gradient_accumulation_steps": config.optim.grad_accumulation,
         "gradient_clipping": config.optim.grad_clip,
