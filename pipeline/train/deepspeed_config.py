@@ -23,13 +23,7 @@ def deepspeed_config(config: PretrainConfig) -> dict:
         optimization["offload_optimizer"] = {"device": "cpu"}
     if zero.offload_params:
         optimization["offload_param"] = {"device": "cpu"}
-    settings: dict = {}
-    if zero.offload_optimizer:
-        # DeepSpeed refuses a client optimizer under offload unless told otherwise: it wants its DeepSpeedCPUAdam,
-        # a C++ op compiled on first use. torch's fused AdamW runs vectorised on the offloaded CPU partitions too.
-        settings["zero_force_ds_cpu_optimizer"] = False
     return {
-        **settings,
         "train_micro_batch_size_per_gpu": config.loader.batch_size,
         "gradient_accumulation_steps": config.optim.grad_accumulation,
         "gradient_clipping": config.optim.grad_clip,
@@ -37,5 +31,9 @@ def deepspeed_config(config: PretrainConfig) -> dict:
         "zero_optimization": optimization,
         # The client AdamW (torch, fused where it can be) is what we measured; DeepSpeed only warns about it.
         "zero_allow_untested_optimizer": True,
+        # Under optimizer offload DeepSpeed refuses a client optimizer unless told otherwise: it wants its
+        # DeepSpeedCPUAdam, a C++ op compiled on first use. torch's fused AdamW runs vectorised on the offloaded
+        # CPU partitions too. Without offload the key has no effect.
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,  # progress lines are ours
     }
