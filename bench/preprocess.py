@@ -7,6 +7,11 @@ them in a loop in one process; `--cpus` plain processes (no Ray) split the units
 machine itself gives when every core runs this work; the pipeline runs them through Ray Data. The speed-up is the
 pipeline against the loop; Ray's own overhead is the pipeline against the plain processes. Prints a table and
 appends nothing: copy it into BENCHMARKS.md with the command line.
+
+It also says where the pipeline's time goes (the profile the issue asks for when the target is missed): CPU seconds
+of every process on the machine during the Ray run, grouped by role (the workers running the units, Ray Data's own
+actors, Ray's daemons, the driver), the start-up before the first unit completes, and the steady-state rate between
+the first and the last completion against the plain processes' rate.
 """
 
 from __future__ import annotations
@@ -33,6 +38,62 @@ from pipeline.data.storage import Storage
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
 from schemas.preprocess import PreprocessConfig
+
+
+ROLES = (  # process title or command line -> role; the first match wins
+    ("ray::MapBatches", "unit workers (the per-sample work)"),
+    ("ray::_StatsActor", "Ray Data stats actor"),
+    ("AutoscalingCoordinator", "Ray Data autoscaling coordinator"),
+    ("ray::IDLE", "idle Ray workers"),
+    ("raylet", "raylet"),
+    ("gcs_server", "GCS"),
+    ("dashboard", "dashboard and its agents"),
+    ("log_monitor", "log monitor"),
+    ("monitor.py", "monitor"),
+    ("bench/preprocess.py", "driver (Ray Data's executor)"),
+)
+
+
+class ProcessProfile:
+    """CPU seconds of every process on the machine while the block runs, by role (`ROLES`). A process is named by
+    every title it showed while sampled (Ray workers retitle themselves per task), so a worker that ran units counts
+    as a unit worker even if it idled at the end."""
+
+    def __enter__(self):
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._titles: dict[int, set[str]] = {}
+        self._stop = threading.Event()
+        self._sample()
+        self._start = dict(self._last)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            info = process.info
+            if info["cpu_times"] is None:
+                continue
+            self._last[info["pid"]] = info["cpu_times"].user + info["cpu_times"].system
+            self._titles.setdefault(info["pid"], set()).add(" ".join(info["cmdline"] or ()))
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.by_role: dict[str, float] = {}
+        for pid, seconds in self._last.items():
+            used = seconds - self._start.get(pid, 0.0)
+            if used <= 0.01:
+                continue
+            titles = " | ".join(sorted(self._titles[pid]))
+            role = next((name for pattern, name in ROLES if pattern in titles), "other processes")
+            self.by_role[role] = self.by_role.get(role, 0.0) + used
 
 
 class CpuSampler:
@@ -80,13 +141,35 @@ def process_pool(config: PreprocessConfig, processes: int) -> None:
         pool.starmap(run_units, [(config, list(range(i, units, processes))) for i in range(processes)])
 
 
-def main() -> None:
+def print_profile(profile: ProcessProfile, completions: list[float], start: float, ray_seconds: float, args,
+                  loop_seconds: float, pool_seconds: float) -> None:
+    """Where the pipeline's wall time went: start-up, steady state against the plain processes, and CPU by role."""
+    units = len(completions)
+    unit_compute = loop_seconds / units  # one unit on one core
+    first = completions[0] - start
+    steady = (units - args.cpus) / (completions[-1] - completions[args.cpus - 1]) if units > args.cpus else None
+    pool_rate = units / pool_seconds
+    print(f"\nwhere the pipeline's {ray_seconds:.1f} s went ({units} units of {unit_compute:.2f} s compute each):")
+    print(f"- start-up: first unit done after {first:.2f} s, {first - unit_compute:.2f} s more than its compute")
+    if steady:
+        print(f"- steady state (completions {args.cpus} to {units}): {steady:.3f} units/s against the plain "
+              f"processes' {pool_rate:.3f} over their whole run ({steady / pool_rate:.2f}x)")
+    print(f"- after the last unit (merging records into the manifest and report): {start + ray_seconds - completions[-1]:.2f} s")
+    total = sum(profile.by_role.values())
+    print(f"\n| process role | CPU s | share of the run's CPU ({args.cpus} cores x {ray_seconds:.1f} s) |")
+    print("|---|---|---|")
+    for role, seconds in sorted(profile.by_role.items(), key=lambda item: -item[1]):
+        print(f"| {role} | {seconds:.1f} | {seconds / (args.cpus * ray_seconds):.1%} |")
+    print(f"| all processes | {total:.1f} | {total / (args.cpus * ray_seconds):.1%} |")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--samples-per-unit", type=int, default=256)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--cpus", type=int, default=psutil.cpu_count())
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
     try:
         corpus = write_corpus(SampleCorpusConfig(out=str(work / "corpus"), samples=args.samples, image_size=256,
@@ -107,9 +190,15 @@ def main() -> None:
             process_pool(config("pool"), args.cpus)
             pool_seconds = time.perf_counter() - start
         connect(None, num_cpus=args.cpus)
-        with CpuSampler() as cpu_ray:
+        completions: list[float] = []  # when each unit's completion reached the driver
+
+        def on_log(line: str) -> None:
+            if line.lstrip().startswith("unit"):
+                completions.append(time.perf_counter())
+
+        with CpuSampler() as cpu_ray, ProcessProfile() as profile:
             start = time.perf_counter()
-            run_preprocess(config("ray"), log=lambda _: None)
+            run_preprocess(config("ray"), log=on_log)
             ray_seconds = time.perf_counter() - start
         same = all((work / other / p.relative_to(work / "ray")).read_bytes() == p.read_bytes()
                    for p in (work / "ray").rglob("shard-*.tar") for other in ("loop", "pool"))
@@ -128,6 +217,7 @@ def main() -> None:
         print(f"per-sample compute {per_sample_ms:.2f} ms; Ray overhead vs ideal {args.cpus}-way split: "
               f"{(ray_seconds - ideal) / ray_seconds * 100:.0f}% of the pipeline's wall time; vs {args.cpus} plain "
               f"processes: {(ray_seconds - pool_seconds) / ray_seconds * 100:.0f}%")
+        print_profile(profile, completions, start, ray_seconds, args, loop_seconds, pool_seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
