@@ -141,12 +141,27 @@ def chain(*stages: Callable[[Batch], Batch]) -> Callable[[Batch], Batch]:
     return run
 
 
+def set_data_context(*, single_operator: bool) -> None:
+    """The Ray Data settings of a preprocess run (on the driver's current context, which every dataset built after
+    this copies).
+
+    Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
+    Resource reservation is off when the whole run is one operator (every stage fused into one task per unit, or
+    the tokenize run): it reserves a share of the cluster per operator so that no stage of a multi-stage pipeline
+    starves another, but with one operator it only held the run back: the second CPU's first task started about
+    a second after the first one's, and each CPU idled ~0.2 s between units while the budget caught up
+    (BENCHMARKS.md, "Preprocess throughput"). A run with actor pools keeps it, since there it does its job.
+    """
+    context = ray.data.DataContext.get_current()
+    context.target_max_block_size = None
+    context.op_resource_reservation_enabled = not single_operator
+
+
 def build_dataset(
     config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit]
 ) -> ray.data.Dataset:
-    # Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
-    ray.data.DataContext.get_current().target_max_block_size = None
     labels = split_labelers(config, plan.modalities)
+    set_data_context(single_operator=not labels.pooled)
     read = partial(read_stage, storage=source, config=config.reader, ground_truth=labels.ground_truth)
     decode = partial(decode_stage, image=config.image, caption=config.caption, fused=labels.fused,
                      ground_truth=labels.ground_truth)
@@ -233,6 +248,7 @@ def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, sha
         return
     stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizer_uris(),
                     storage_config=config.storage)
+    set_data_context(single_operator=True)
     ds = ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
     for count, row in enumerate(ds.map_batches(stage, batch_size=1).iter_rows(), start=1):
         _log_unit(log, row, count, len(pending))
