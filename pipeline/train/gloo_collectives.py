@@ -2,9 +2,9 @@
 
 ZeRO-1/2 all-gathers the updated parameter partitions after every optimizer step, and ZeRO-3 all-gathers every
 layer's parameters around its forward and backward, all through `all_gather_into_tensor`. Gloo's all-gather runs
-at about a fifth of its broadcast speed here: 160 MB per rank took 0.54 s through `all_gather_into_tensor`,
-0.44 s through the list `all_gather`, and 0.11 s as one broadcast per rank (2 ranks on the 2-core box; see
-BENCHMARKS.md, "Scaling efficiency"). With 2 ranks, a broadcast from each rank moves exactly the bytes a ring
+at about a quarter of its broadcast speed here: 160 MB per rank took 0.71 s through `all_gather_into_tensor`,
+0.60 s through the list `all_gather`, and 0.18 s as one broadcast per rank (2 ranks on the 2-core box;
+`bench/gloo_collectives.py`, BENCHMARKS.md "Gloo's all-gather replaced by broadcasts"). With 2 ranks, a broadcast from each rank moves exactly the bytes a ring
 all-gather moves, so nothing is given up. With more ranks the broadcasts from different roots would run one after
 another where a ring keeps every link busy, so larger gloo groups keep gloo's own all-gather.
 

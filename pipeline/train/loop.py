@@ -53,7 +53,7 @@ def train_loop(loop_config: dict) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if config.use_gpu else torch.device("cpu")
     # Ray Train has set up the process group; DeepSpeed adopts it (zero.Init needs it before the model exists).
     deepspeed.init_distributed(dist_backend="nccl" if config.use_gpu else "gloo")
-    install_broadcast_all_gather()  # gloo's own all-gather is ~5x slower than broadcasts (gloo_collectives.py)
+    install_broadcast_all_gather()  # gloo's own all-gather is ~4x slower than broadcasts (gloo_collectives.py)
     ds_config = deepspeed_config(config)
     if config.zero.stage == 3:
         # No dtype argument: DeepSpeed 0.19.8 turns any dtype passed here into bf16 on CPU (BENCHMARKS.md).
