@@ -5,11 +5,15 @@ from __future__ import annotations
 import sys
 
 from cluster.connect import connect
+from cluster.prestart import prestart_workers
 from jobs.cli import job_parser, load_job_config, run_job
-from pipeline.data.preprocess import OutputConflictError, run_preprocess
-from pipeline.data.shard_writer import AlignmentError
 from pipeline.data.readers import InputError
+from pipeline.data.shard_writer import AlignmentError
 from schemas.preprocess import PreprocessConfig
+
+# What the pipeline's tasks import, per stage: the workers prestarted below load it while the driver starts up.
+WORKER_MODULES = {"label": ("pipeline.data.stages", "pipeline.data.shard_writer"),
+                  "tokenize": ("pipeline.data.tokenize",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         "ray.address": args.address,
     })
     connect(config.ray.address, num_cpus=config.ray.num_cpus)
+    prestart_workers(tuple(m for stage in config.stages for m in WORKER_MODULES[stage]))
+    # Imported only now, so that the workers start while the driver imports Ray Data (cluster/prestart.py).
+    from pipeline.data.preprocess import OutputConflictError, run_preprocess
+
     try:
         report = run_preprocess(config)
     except (InputError, OutputConflictError, AlignmentError, ValueError) as exc:

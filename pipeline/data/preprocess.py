@@ -30,7 +30,6 @@ from pipeline.data.readers import WorkUnit, list_units
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
-from pipeline.data.tokenize import tokenize_shard
 from schemas.preprocess import LabelerConfig, PreprocessConfig
 from schemas.shards import (
     AUX_FOLDERS,
@@ -246,6 +245,9 @@ def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, sha
     _log_plan(log, plan, shards, len(pending), output.root)
     if not pending:
         return
+    # Here, not at the top: it imports the tokenizers and with them torch (~1.3 s), which a label run never needs.
+    from pipeline.data.tokenize import tokenize_shard
+
     stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizer_uris(),
                     storage_config=config.storage)
     set_data_context(single_operator=True)
