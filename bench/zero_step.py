@@ -2,16 +2,19 @@
 
     python bench/zero_step.py [--size S] [--batch 4] [--stage 2] [--steps 5] [--ranks 2] [--all-gather gloo|broadcast]
     python bench/zero_step.py --plain        # one process, torch AdamW and clipping, no DeepSpeed: the baseline
+    python bench/zero_step.py --zero use_multi_rank_bucket_allreduce=false   # a DeepSpeed setting against the job's
 
 The job's own model, loader and DeepSpeed config (`pipeline/train/deepspeed_config.py`) on synthetic token shards of
 the S recipe's modalities, fp32, 1 thread per rank. `--all-gather broadcast` installs the job's broadcast all-gather
-(`pipeline/train/gloo_collectives.py`), `gloo` keeps gloo's own: the A/B of BENCHMARKS.md. Means over the steps
+(`pipeline/train/gloo_collectives.py`), `gloo` keeps gloo's own; `--grad-norm fp32` the job's float32 gradient norm
+(`pipeline/train/grad_norm.py`), `fp64` DeepSpeed's: the A/Bs of BENCHMARKS.md. Means over the steps
 after the first two; rank 0's per-step losses are printed so two variants can be compared number for number.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -59,12 +62,18 @@ def _rank(rank: int, args, data: str, port: int, results) -> None:
 
         from pipeline.train.deepspeed_config import deepspeed_config
         from pipeline.train.gloo_collectives import install_broadcast_all_gather
+        from pipeline.train.grad_norm import install_fp32_grad_norm
 
         deepspeed.init_distributed(dist_backend="gloo")
         if args.all_gather == "broadcast":
             install_broadcast_all_gather()
-        engine, optimizer, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                     config=deepspeed_config(config))
+        if args.grad_norm == "fp32":
+            install_fp32_grad_norm()
+        ds_config = deepspeed_config(config)
+        for override in args.zero:  # e.g. use_multi_rank_bucket_allreduce=false
+            key, value = override.split("=", 1)
+            ds_config["zero_optimization"][key] = json.loads(value)
+        engine, optimizer, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     world = 1 if args.plain else args.ranks
     batches = iter(TokenShardLoader(data, table, config.masking, config.loader, rank, world))
     phases = []
@@ -102,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--all-gather", choices=["gloo", "broadcast"], default="broadcast")
+    parser.add_argument("--grad-norm", choices=["fp64", "fp32"], default="fp32",
+                        help="fp32: the job's (pipeline/train/grad_norm.py); fp64: DeepSpeed's own on CPU")
     parser.add_argument("--plain", action="store_true", help="one process, no DeepSpeed")
+    parser.add_argument("--zero", action="append", default=[], metavar="KEY=JSON",
+                        help="override a zero_optimization key of the job's DeepSpeed config (repeatable)")
     args = parser.parse_args(argv)
     from bench.loader import write_synthetic_output
 
@@ -121,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         forward, backward, step, total = results.get()
         for process in processes:
             process.join()
-    setting = "plain, 1 process" if args.plain else f"ZeRO-{args.stage}, {ranks} ranks, {args.all_gather} all-gather"
+    setting = "plain, 1 process" if args.plain else (f"ZeRO-{args.stage}, {ranks} ranks, {args.all_gather} all-gather, "
+                                                     f"{args.grad_norm} grad norm")
     print(f"{args.size} batch {args.batch}, {setting}: forward {forward:.2f} s, backward {backward:.2f} s, "
           f"step {step:.2f} s, total {total:.2f} s")
 

@@ -45,6 +45,7 @@ def train_loop(loop_config: dict) -> None:
     from pipeline.data.loader import TokenShardLoader, to_torch
     from pipeline.model import build_model, resolve
     from pipeline.train.gloo_collectives import install_broadcast_all_gather
+    from pipeline.train.grad_norm import install_fp32_grad_norm
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -54,6 +55,7 @@ def train_loop(loop_config: dict) -> None:
     # Ray Train has set up the process group; DeepSpeed adopts it (zero.Init needs it before the model exists).
     deepspeed.init_distributed(dist_backend="nccl" if config.use_gpu else "gloo")
     install_broadcast_all_gather()  # gloo's own all-gather is ~4x slower than broadcasts (gloo_collectives.py)
+    install_fp32_grad_norm()  # on CPU: no float64 copy of the gradients every step (grad_norm.py)
     ds_config = deepspeed_config(config)
     if config.zero.stage == 3:
         # No dtype argument: DeepSpeed 0.19.8 turns any dtype passed here into bf16 on CPU (BENCHMARKS.md).
