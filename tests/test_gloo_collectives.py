@@ -3,28 +3,16 @@ into DeepSpeed's backend only where it applies. Two real gloo processes on this 
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
-import torch.multiprocessing as mp
+from gloo_ranks import run_on_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _compare_on_rank(rank: int, world: int, port: int, results) -> None:
-    os.environ["DS_ACCELERATOR"] = "cpu"
+def _compare_on_rank(rank: int, world: int) -> dict:
     import torch
     import torch.distributed as dist
 
     from pipeline.train.gloo_collectives import broadcast_all_gather_into_tensor, install_broadcast_all_gather
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     generator = torch.Generator().manual_seed(rank)
     checks = {}
@@ -46,21 +34,12 @@ def _compare_on_rank(rank: int, world: int, port: int, results) -> None:
     checks["installed"] = (installed, ds_comm.cdb.all_gather_function is broadcast_all_gather_into_tensor)
     dist.barrier()
     dist.destroy_process_group()
-    results.put((rank, checks))
+    return checks
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_broadcast_all_gather_equals_gloo_and_is_installed_for_two_ranks(world):
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    processes = [context.Process(target=_compare_on_rank, args=(r, world, port, results)) for r in range(world)]
-    for process in processes:
-        process.start()
-    outcome = dict(results.get(timeout=180) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    outcome = run_on_ranks(_compare_on_rank, world, timeout=180)
     for rank, checks in outcome.items():
         assert checks["torch.float32"] == (True, True), rank
         assert checks["torch.bfloat16"] == (True, True), rank

@@ -3,22 +3,11 @@ ZeRO-3 engines on two gloo processes, the same seeded model and batch, one step 
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
-import torch.multiprocessing as mp
+from gloo_ranks import run_on_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _norms_on_rank(rank: int, stage: int, port: int, results) -> None:
-    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+def _norms_on_rank(rank: int, world: int, stage: int) -> dict:
     import deepspeed
     import torch
     from deepspeed.runtime.zero import stage3, stage_1_and_2
@@ -46,25 +35,16 @@ def _norms_on_rank(rank: int, stage: int, port: int, results) -> None:
     installed = install_fp32_grad_norm()
     dtypes_after = (stage_1_and_2.get_norm_dtype(), stage3.get_norm_dtype())
     float32_norm = one_step()
-    results.put((rank, {"float64": float64_norm, "float32": float32_norm, "installed": installed,
-                        "dtypes": (dtypes_before, dtypes_after)}))
     torch.distributed.destroy_process_group()
+    return {"float64": float64_norm, "float32": float32_norm, "installed": installed,
+            "dtypes": (dtypes_before, dtypes_after)}
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_fp32_grad_norm_matches_deepspeeds_fp64_norm(stage):
     import torch
 
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    processes = [context.Process(target=_norms_on_rank, args=(r, stage, port, results)) for r in range(2)]
-    for process in processes:
-        process.start()
-    outcome = dict(results.get(timeout=300) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    outcome = run_on_ranks(_norms_on_rank, 2, stage)
     for rank, result in outcome.items():
         assert result["installed"], rank
         assert result["dtypes"] == ((torch.float64, torch.float64), (torch.float32, torch.float32)), rank
