@@ -1,0 +1,1 @@
+"""Scaling-law studies: sweep specs, run bookkeeping, parametric and IsoFLOP fits, plots and reports."""
