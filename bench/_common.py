@@ -1,8 +1,8 @@
-"""Shared pieces of the training benchmarks: a stand-in model, memory probes, a 2-rank launcher with a memory guard.
+"""Shared pieces of the training benchmarks: the job's config, model size and random batches, memory probes, a
+2-rank launcher with a memory guard.
 
-The stand-in is the 4M shape (encoder + decoder of pre-norm blocks, bias-free LayerNorm, SwiGLU MLP with hidden
-2/3 x 4d, no biases, decoder cross-attends to the encoder, `scaled_dot_product_attention`), so its parameter count
-per size matches the paper's: B 198M, L 705M in the blocks. It is used where `pipeline/model` is not available.
+The benchmarks train the model that ships (`pipeline/model`, sizes from its registry `pipeline/model/sizes.py`) on
+the S recipe's modalities; there is no stand-in model.
 """
 
 from __future__ import annotations
@@ -12,115 +12,53 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
 
+import numpy as np
 import psutil
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from bench.loader import token_row
+from bench.pretrain_job import MODALITIES
+from pipeline.data.loader import to_torch
+from pipeline.data.masking import Masker
+from pipeline.model.sizes import param_counts, resolve
+from schemas.batch import ModalitySpec, ModalityTable
+from schemas.loading import LoaderConfig, MaskingConfig
+from schemas.model import ModelConfig
+from schemas.pretrain import PretrainConfig, ZeroConfig
 
 GiB = 1024 ** 3
 
 
-@dataclass(frozen=True)
-class Flavor:
-    enc_blocks: int
-    dec_blocks: int
-    width: int
-    heads: int
-    vocab: int = 8192
+# ---------------------------------------------------------------- the job's model on random tokens
+
+def job_config(size: str, stage: int, batch: int, tokens: int, dtype: str = "fp32",
+               modalities: tuple[str, ...] = MODALITIES) -> PretrainConfig:
+    """The pretrain config a memory benchmark stands for: the real model of the size registry (pipeline/model) on
+    the S recipe's modalities, `tokens` input and `tokens` target slots per sample, the job's ZeRO settings."""
+    return PretrainConfig(
+        name="bench", modalities=modalities, precision=dtype, model=ModelConfig(size=size),
+        masking=MaskingConfig(input_tokens=tokens, target_tokens=tokens), loader=LoaderConfig(batch_size=batch),
+        zero=ZeroConfig(stage=stage))
 
 
-# Same block counts and widths as 4M's B and L; S is a small size of the same shape (the pretrain configs' S).
-FLAVORS = {
-    "tiny": Flavor(2, 2, 128, 4, 1024),
-    "S": Flavor(6, 6, 512, 8),
-    "B": Flavor(12, 12, 768, 12),
-    "L": Flavor(24, 24, 1024, 16),
-}
+def job_table(config: PretrainConfig) -> ModalityTable:
+    """The run's modality table at the registry's token counts (224 px: 196 tokens per image-like map)."""
+    return ModalityTable.of(ModalitySpec.from_registry(name) for name in config.modalities)
 
 
-class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(width, width, bias=False)
-        self.kv = nn.Linear(width, 2 * width, bias=False)
-        self.out = nn.Linear(width, width, bias=False)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
+def param_count(config: PretrainConfig) -> int:
+    """Parameters of the job's model, by the closed form that tests/test_sizes.py checks against the built model."""
+    vocab_sizes = [spec.vocab_size for spec in job_table(config).specs]
+    return param_counts(resolve(config.model), vocab_sizes)["params_total"]
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        hidden = int(2 * 4 * width / 3)
-        self.gate_up = nn.Linear(width, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
-
-
-class Block(nn.Module):
-    def __init__(self, width: int, heads: int, cross: bool):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width, bias=False)
-        self.attn = Attention(width, heads)
-        self.cross = Attention(width, heads) if cross else None
-        self.norm_c = nn.LayerNorm(width, bias=False) if cross else None
-        self.norm2 = nn.LayerNorm(width, bias=False)
-        self.mlp = SwiGLU(width)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h)
-        if self.cross is not None:
-            x = x + self.cross(self.norm_c(x), memory)
-        return x + self.mlp(self.norm2(x))
-
-
-class EncoderDecoder(nn.Module):
-    """Masked encoder-decoder of the 4M shape: tokens in, per-target-slot logits out."""
-
-    def __init__(self, flavor: Flavor):
-        super().__init__()
-        self.embed = nn.Embedding(flavor.vocab, flavor.width)
-        self.encoder = nn.ModuleList(Block(flavor.width, flavor.heads, False) for _ in range(flavor.enc_blocks))
-        self.decoder = nn.ModuleList(Block(flavor.width, flavor.heads, True) for _ in range(flavor.dec_blocks))
-        self.norm = nn.LayerNorm(flavor.width, bias=False)
-        self.head = nn.Linear(flavor.width, flavor.vocab, bias=False)
-
-    def forward(self, enc_tokens: torch.Tensor, dec_input: torch.Tensor, dec_target: torch.Tensor) -> torch.Tensor:
-        x = self.embed(enc_tokens)
-        for block in self.encoder:
-            x = block(x)
-        y = self.embed(dec_input)
-        for block in self.decoder:
-            y = block(y, x)
-        logits = self.head(self.norm(y))
-        return F.cross_entropy(logits.flatten(0, 1), dec_target.flatten())
-
-
-def build_model(size: str) -> nn.Module:
-    return EncoderDecoder(FLAVORS[size])
-
-
-def param_count(size: str) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_model(size).parameters())
-
-
-def random_batch(size: str, batch: int, tokens: int, seed: int) -> dict[str, torch.Tensor]:
-    vocab = FLAVORS[size].vocab
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randint(0, vocab, (batch, tokens), generator=g) for k in ("enc_tokens", "dec_input", "dec_target")}
+def random_batch(config: PretrainConfig, seed: int) -> dict[str, torch.Tensor]:
+    """One batch of random samples (every modality present, token rows as bench/loader.py writes them) through
+    the job's own masking and packing, so its shape and padding are what the training loop feeds."""
+    rng = np.random.default_rng(seed)
+    samples = [{name: token_row(name, rng)[0] for name in config.modalities} for _ in range(config.loader.batch_size)]
+    return to_torch(Masker(job_table(config), config.masking).batch(samples, rng))
 
 
 # ---------------------------------------------------------------- memory probes

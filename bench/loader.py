@@ -4,7 +4,7 @@
 
 Writes a synthetic token output at 224 px shapes (rgb, depth, semseg, canny_edge: 14x14 = 196 tokens;
 dinov2_global: 16; caption, metadata, color_palette: WordPiece runs ending in EOS) with the project's own shard
-writers, then times
+commit, then times
   - the loader (`TokenShardLoader`, one rank, prefetch off so it is the loader's own cost): batches/s from local
     shards, and how much of it is masking + packing alone;
   - a training step (forward + backward + AdamW) of the `tiny` and `B` models on batches of the same shape.
@@ -15,33 +15,22 @@ them into BENCHMARKS.md with the command line.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipeline.data.encoding import encode_npy
-from pipeline.data.loader import TokenShardLoader, modality_table_from_output, read_token_shard, to_torch
+from pipeline.data.loader import TokenShardLoader, to_torch
+from pipeline.data.manifest import write_manifest
 from pipeline.data.masking import EOS_ID, Masker
 from pipeline.data.storage import Storage
-from pipeline.data.tar_io import tar_bytes
+from pipeline.data.tar_io import commit_token_shard
+from pipeline.data.token_shards import modality_table_from_output, read_token_shard
 from schemas.batch import ModalityTable
 from schemas.loading import LoaderConfig, MaskingConfig
 from schemas.modalities import get_modality
-from schemas.preprocess import StorageConfig
-from schemas.shards import (
-    MANIFEST_FILE,
-    REPORT_FILE,
-    ManifestRow,
-    manifest_table,
-    member_name,
-    shard_relpath,
-    token_folder,
-)
+from schemas.common import StorageConfig
 
 MODALITIES = ("rgb", "depth", "semseg", "canny_edge", "dinov2_global", "caption", "metadata", "color_palette")
 GRID_TOKENS = 196  # 224 px, patch 16
@@ -59,24 +48,16 @@ def token_row(modality: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_synthetic_output(root: Path, samples: int, samples_per_shard: int) -> None:
-    """tok_<modality> shards, manifest.parquet and report.json as the tokenize stage writes them."""
+    """tok_<modality> shards and manifest.parquet, committed as the tokenize stage commits them."""
     storage = Storage(str(root), StorageConfig())
     rng = np.random.default_rng(0)
-    rows, longest = [], {}
+    rows = []
     for shard, start in enumerate(range(0, samples, samples_per_shard)):
         keys = [f"b{i:08d}" for i in range(start, min(start + samples_per_shard, samples))]
         for modality in MODALITIES:
             arrays = [token_row(modality, rng) for _ in keys]
-            payload = tar_bytes((member_name(k, "npy"), encode_npy(a)) for k, a in zip(keys, arrays))
-            relpath = shard_relpath(token_folder(modality), shard)
-            storage.write_atomic(relpath, payload)
-            rows.append(ManifestRow(folder=token_folder(modality), modality=modality, shard=shard, uri=relpath,
-                                    samples=len(keys), bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
-                                    source_units=(), token_count=sum(a.size for a in arrays), tokenizer_id="bench"))
-            folder = token_folder(modality)
-            longest[folder] = max(longest.get(folder, 0), *(a.shape[1] for a in arrays))
-    pq.write_table(manifest_table(rows), str(root / MANIFEST_FILE))
-    (root / REPORT_FILE).write_text(json.dumps({"tokens": {f: {"longest": n} for f, n in longest.items()}}))
+            rows.append(commit_token_shard(storage, modality, shard, keys, arrays, tokenizer_id="bench"))
+    write_manifest(storage, rows)
 
 
 def time_loader(root: Path, table: ModalityTable, batch_size: int) -> dict:

@@ -60,7 +60,8 @@ def plain_worker(config_json: str, timed_from: int, queue) -> None:
     """One process, no Ray, no DeepSpeed: the job's model, loader, optimizer and clipping, step after step."""
     import torch
 
-    from pipeline.data.loader import TokenShardLoader, modality_table_from_output, to_torch
+    from pipeline.data.loader import TokenShardLoader, to_torch
+    from pipeline.data.token_shards import modality_table_from_output
     from pipeline.model import build_model
 
     config = PretrainConfig.model_validate_json(config_json)

@@ -12,10 +12,10 @@ memory:  per-worker RSS high-water and live model-state bytes for each ZeRO stag
 scale:   the L size (~0.7B params) under ZeRO-3 on N workers within this machine, and stage 0 for contrast; a
     worker passing its share of --limit-gib (summed over workers) kills itself so the shared machine never OOMs.
 
-memory and scale measure the 4M-shaped stand-in of bench/_common.py (pipeline/model was not in the tree when they
-were written), with DeepSpeed driven directly inside TorchTrainer workers. Their memory settings (`--variant tuned`,
-the default) set glibc malloc env vars in the driver before Ray starts so every Ray worker inherits them; they cost
-~15% CPU time (BENCHMARKS.md).
+memory and scale train the job's model (`pipeline/model`, sizes from its registry, the S recipe's modalities) with
+the job's DeepSpeed config, driven directly inside TorchTrainer workers (bench/zero_memory.py's `measure`). Their
+memory settings (`--variant tuned`, the default) set glibc malloc env vars in the driver before Ray starts so every
+Ray worker inherits them; they cost ~15% CPU time (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ def ray_memory_loop(config: dict) -> None:
     os.environ["DS_ACCELERATOR"] = "cpu"
     import ray.train
 
+    import deepspeed
+
     args, stage = config["args"], config["stage"]
     rank = ray.train.get_context().get_world_rank()
+    deepspeed.init_distributed(dist_backend="gloo")  # on Ray Train's process group; the CPU patches need it
     SelfRssLimit(int(args.limit_gib * GiB / args.workers), marker=str(Path(config["out"], f"oom{rank}")))
     record = zero_memory.measure(args, stage, rank)
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps(record))
@@ -87,7 +90,7 @@ def cmd_memory(args) -> None:
     rows = []
     for size in args.sizes:
         args.size = size
-        params = param_count(size)
+        params = param_count(zero_memory.config_of(args, 0))
         for stage in args.stages:
             print(f"memory: {size} ZeRO-{stage}", flush=True)
             records = run_ray(ray_memory_loop, args, {"stage": stage})
@@ -115,11 +118,12 @@ def print_memory_table(args, rows) -> None:
         states = sum(v for k, v in r["live"].items() if k != "other") / GiB
         step = sum(r["step_s"]) / len(r["step_s"])
         print(f"| {size} | {params / 1e6:.0f}M | {stage} | {f:.2f} | {paper:.2f} | {states:.2f} | "
-              f"{r['activations'] / GiB:.2f} | {r['live']['other'] / GiB:.2f} | {r['peak'] / GiB:.2f} | {(r['peak'] - r['base_rss']) / GiB:.2f} | {step:.1f} |")
+              f"{r['activations'] / GiB:.2f} | {r['live']['other'] / GiB:.2f} | {r['peak'] / GiB:.2f} | "
+              f"{(r['peak'] - r['base_rss']) / GiB:.2f} | {step:.1f} |")
 
 
 def cmd_scale(args) -> None:
-    params = param_count(args.size)
+    params = param_count(zero_memory.config_of(args, 0))
     # Expected use of the ZeRO-3 run: its model states by formula plus ~1.5 GiB per worker (process base,
     # activations, buckets); the per-worker limit stops the stage-0 run before it takes the machine.
     expected = zero_memory.formula_bytes(args.dtype, 3, params, args.workers) * args.workers + 1.5 * GiB * args.workers
@@ -163,7 +167,7 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, value)
     tuned = args.variant == "tuned"
-    for flag in ("zero_init", "buckets", "malloc", "fused_adam"):
+    for flag in ("zero_init", "buckets", "malloc", "fused_adam", "cpu_patches"):
         if getattr(args, flag, None) is None:
             setattr(args, flag, tuned)
     return args

@@ -2,12 +2,14 @@
 
     python bench/zero_memory.py --size B --stages 0 1 2 3 [--variant naive|tuned] [--dtype fp32|bf16]
 
-Launches N ranks (torch.multiprocessing, gloo, DS_ACCELERATOR=cpu) per stage, trains a few steps on random tokens
-and reports for each rank: RSS high-water per phase (build model, deepspeed.initialize, forward, backward, step),
-the live tensor bytes after a step split into params / grads / fp32 master / optimizer states / other, and the ZeRO
-paper's model-state formula for the stage. `--variant naive` is what a first attempt does (model built whole on
-every rank, DeepSpeed's default bucket sizes, glibc's default malloc); `--variant tuned` applies the settings this
-investigation found (see BENCHMARKS.md, "Training"). Single settings can be toggled to see each one's share.
+Launches N ranks (torch.multiprocessing, gloo, DS_ACCELERATOR=cpu) per stage, trains a few steps of the job's model
+(`pipeline/model` at a size of its registry, the S recipe's modalities, random tokens masked and packed by the job's
+own masker) and reports for each rank: RSS high-water per phase (build model, deepspeed.initialize, forward,
+backward, step), the live tensor bytes after a step split into params / grads / fp32 master / optimizer states /
+other, and the ZeRO paper's model-state formula for the stage. `--variant tuned` is the pretrain job's setting
+(its DeepSpeed config from `pipeline/train/deepspeed_config.py`, `zero.Init` for stage 3, its CPU patches, fused
+AdamW) plus the glibc malloc env; `--variant naive` is what a first attempt does (model built whole on every rank,
+DeepSpeed's default bucket sizes, glibc's default malloc). Single settings can be toggled to see each one's share.
 """
 
 from __future__ import annotations
@@ -23,9 +25,22 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
-    GiB, MemoryGuard, SavedTensorBytes, build_model, check_free_memory, free_port, live_tensor_bytes, param_count, random_batch,
-    reset_rss_peak, rss, rss_peak, setup_rank_env,
+    GiB,
+    MemoryGuard,
+    SavedTensorBytes,
+    check_free_memory,
+    free_port,
+    job_config,
+    job_table,
+    live_tensor_bytes,
+    param_count,
+    random_batch,
+    reset_rss_peak,
+    rss,
+    rss_peak,
+    setup_rank_env,
 )
+from pipeline.train.deepspeed_config import deepspeed_config  # noqa: E402
 
 # Model-state bytes per parameter as (replicated, partitioned over N). "paper" is the ZeRO paper's mixed-precision
 # case (bf16 params and grads, fp32 master + Adam m, v: K=12). "fp32" is pure fp32 training as DeepSpeed 0.19.8
@@ -40,41 +55,29 @@ FORMULAS = {
     "fp32": {0: (16, 0), 1: (8, 12), 2: (4, 16), 3: (0, 20)},
 }
 
-# Small communication buckets: DeepSpeed's defaults (5e8 elements) are sized for GPUs and each bucket is a full
-# fp32 buffer on CPU. Stage 3's prefetch/live-parameter limits bound how many gathered params exist at once.
-BUCKET = 20_000_000  # elements (80 MB fp32)
-TUNED_ZERO = {
-    "reduce_bucket_size": BUCKET,
-    "allgather_bucket_size": BUCKET,
-    "stage3_prefetch_bucket_size": BUCKET,
-    "stage3_max_live_parameters": 2 * BUCKET,
-    "stage3_max_reuse_distance": 2 * BUCKET,
-    "stage3_param_persistence_threshold": 10_000,
-    "sub_group_size": 50_000_000,
-    "overlap_comm": False,
-    "contiguous_gradients": True,
-    "round_robin_gradients": False,
-}
+# The job's small communication buckets (ZeroConfig.bucket_elements, 2e7 elements = 80 MB fp32, and stage 3's
+# prefetch / live-parameter limits derived from it): DeepSpeed's defaults (5e8 elements) are sized for GPUs and each
+# bucket is a full fp32 buffer on CPU. `--no-buckets` drops these keys, leaving DeepSpeed's defaults.
+BUCKET_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
+               "stage3_max_live_parameters", "stage3_max_reuse_distance", "stage3_param_persistence_threshold",
+               "sub_group_size")
 # glibc otherwise raises its mmap threshold to the largest freed block (up to 32 MB) and serves later tensors from
 # arenas it never gives back, so RSS stays at the high-water of every transient. A fixed threshold keeps every
 # tensor >= 1 MiB in its own mapping, returned to the OS on free; one arena per process limits fragmentation.
 TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "2"}
 
 
+def config_of(args, stage: int):
+    return job_config(args.size, stage, args.batch, args.tokens, args.dtype)
+
+
 def ds_config(args, stage: int) -> dict:
-    zero: dict = {"stage": stage}
-    if args.buckets:
-        zero.update(TUNED_ZERO)
-    cfg = {
-        "train_micro_batch_size_per_gpu": args.batch,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10 ** 9,
-        "wall_clock_breakdown": False,
-    }
-    if args.dtype == "bf16":
-        cfg["bf16"] = {"enabled": True}
+    """The pretrain job's own DeepSpeed config for this stage (pipeline/train/deepspeed_config.py), less its bucket
+    settings under `--no-buckets`."""
+    cfg = deepspeed_config(config_of(args, stage))
+    if not args.buckets:
+        for key in BUCKET_KEYS:
+            cfg["zero_optimization"].pop(key, None)
     return cfg
 
 
@@ -118,7 +121,15 @@ def measure(args, stage: int, rank: int) -> dict:
     import deepspeed
     import torch
 
+    from pipeline.model import build_model
+
     torch.set_num_threads(args.threads)
+    if args.cpu_patches:  # as the job's workers do (pipeline/train/engine.py: start_worker)
+        from pipeline.train.cpu_patches import install_cpu_patches
+
+        install_cpu_patches()
+    config = config_of(args, stage)
+    table = job_table(config)
     peaks, t0 = {}, time.perf_counter()
     base = rss()
     reset_rss_peak()
@@ -129,28 +140,28 @@ def measure(args, stage: int, rank: int) -> dict:
         # fp16_supported else torch.bfloat16 ...` parses as `(dtype or fp16) if ... else bf16`); from the
         # config alone it picks fp32, or bf16 when "bf16" is enabled.
         with deepspeed.zero.Init(config_dict_or_path=cfg):
-            model = build_model(args.size)
+            model = build_model(config.model, table)
     else:
-        model = build_model(args.size)
+        model = build_model(config.model, table)
     peaks["build"] = rss_peak()
     reset_rss_peak()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                                  fused=args.fused_adam)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay, fused=args.fused_adam)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
     del model, optimizer  # the engine holds what it needs; our names must not pin the unpartitioned originals
     peaks["initialize"] = rss_peak()
     step_times, losses, live_bwd = [], [], {}
     for step in range(args.steps):
-        batch = random_batch(args.size, args.batch, args.tokens, seed=1000 * step + rank)
+        batch = random_batch(config, seed=1000 * step + rank)
         t = time.perf_counter()
         reset_rss_peak()
         if step == args.steps - 1:
             states = [t for ts in tensor_groups(engine, stage).values() for t in ts]
             with SavedTensorBytes({t.untyped_storage().data_ptr() for t in states}) as saved:
-                loss = engine(**batch)
+                loss = engine(batch).loss
             activations = saved.nbytes
         else:
-            loss = engine(**batch)
+            loss = engine(batch).loss
         peaks["forward"] = max(peaks.get("forward", 0), rss_peak())
         reset_rss_peak()
         engine.backward(loss)
@@ -168,7 +179,8 @@ def measure(args, stage: int, rank: int) -> dict:
             print(f"  stage {stage} step {step}: loss {losses[-1]:.3f} {step_times[-1]:.2f}s "
                   f"rss {rss() / GiB:.2f} GiB", flush=True)
     return {"rank": rank, "stage": stage, "base_rss": base, "peaks": peaks, "peak": max(peaks.values()),
-            "live": live_bwd, "activations": activations, "live_after_step": live_tensor_bytes(tensor_groups(engine, stage)), "end_rss": rss(),
+            "live": live_bwd, "activations": activations,
+            "live_after_step": live_tensor_bytes(tensor_groups(engine, stage)), "end_rss": rss(),
             "step_s": step_times[1:] or step_times, "losses": losses, "seconds": time.perf_counter() - t0}
 
 
@@ -224,8 +236,8 @@ def print_table(args, params: int, records: list[dict]) -> None:
     kind = args.dtype
     print(f"\nsize {args.size} ({params / 1e6:.0f}M params), {args.workers} ranks, {args.dtype}, variant "
           f"{args.variant}, batch {args.batch}x{args.tokens} tokens; GiB per rank (rank 0)")
-    cols = ["stage", "formula", "live model states", "live other", "activations", "peak RSS", "peak - base", "build", "init",
-            "fwd", "bwd", "step", "step s"]
+    cols = ["stage", "formula", "live model states", "live other", "activations", "peak RSS", "peak - base", "build",
+            "init", "fwd", "bwd", "step", "step s"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in records:
@@ -259,7 +271,7 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", choices=["naive", "tuned"], default="tuned")
-    for flag in ("zero-init", "buckets", "malloc", "fused-adam"):
+    for flag in ("zero-init", "buckets", "malloc", "fused-adam", "cpu-patches"):
         ap.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                         help="override the variant for this one setting")
     ap.add_argument("--limit-gib", type=float, default=12.0, help="kill the run if the ranks' summed RSS passes this")
@@ -268,7 +280,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", type=Path, help="also write the per-rank records here")
     args = ap.parse_args(argv)
     tuned = args.variant == "tuned"
-    for flag in ("zero_init", "buckets", "malloc", "fused_adam"):
+    for flag in ("zero_init", "buckets", "malloc", "fused_adam", "cpu_patches"):
         if getattr(args, flag) is None:
             setattr(args, flag, tuned)
     return args
@@ -276,10 +288,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    params = param_count(args.size)
+    params = param_count(config_of(args, 0))
     check_free_memory(int(args.limit_gib * GiB))
     print(f"{args.size}: {params / 1e6:.1f}M params; settings zero_init={args.zero_init} buckets={args.buckets} "
-          f"malloc={args.malloc} fused_adam={args.fused_adam}", flush=True)
+          f"malloc={args.malloc} fused_adam={args.fused_adam} cpu_patches={args.cpu_patches}", flush=True)
     records = []
     for stage in args.stages:
         records += run_stage(args, stage)

@@ -47,7 +47,8 @@ def _rank(rank: int, args, data: str, port: int, results) -> None:
                       WORLD_SIZE=str(args.ranks), LOCAL_RANK=str(rank))
     import torch
 
-    from pipeline.data.loader import TokenShardLoader, modality_table_from_output, to_torch
+    from pipeline.data.loader import TokenShardLoader, to_torch
+    from pipeline.data.token_shards import modality_table_from_output
     from pipeline.model import build_model
 
     torch.set_num_threads(1)

@@ -3,7 +3,8 @@
 Generate the corpus, preprocess it into label shards, train the shared WordPiece vocabulary on its captions and a
 small RGB tokenizer on its images (Ray Train), tokenize every modality, read everything back through the
 webdataset library, check it, print a summary (plus preview PNGs), then pretrain a tiny model on the token shards,
-plot its loss, export it and evaluate it on the tasks its modalities allow.
+plot its loss, export it and evaluate it on the tasks its modalities allow; last, a reduced scaling-law study
+(configs/study/demo.yaml: nine micro runs scheduled by Ray Tune) and its fitted exponents.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ from cluster.connect import connect
 from jobs.cli import REPO_ROOT, run_job
 from jobs.evaluate import main as evaluate_main
 from jobs.preprocess import summary as preprocess_summary
+from jobs.study import exponents_text, plan_text
 from pipeline.data.inspect import verify_output
 from pipeline.data.preprocess import run_preprocess
 from pipeline.data.preview import write_preview
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
+from pipeline.study.fit import fit_and_report
+from pipeline.study.plan import concurrency, plan_study
+from pipeline.study.records import study_storage
+from pipeline.study.results import fit_table
+from pipeline.study.runner import run_study
 from pipeline.train.export import export_checkpoint
 from pipeline.train.metrics import read_metrics
 from pipeline.train.tokenizer import run_train_tokenizer
@@ -30,6 +37,7 @@ from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
 from schemas.preprocess import PreprocessConfig
 from schemas.pretrain import PretrainConfig
+from schemas.study import StudySpec
 from schemas.train_tokenizer import TrainTokenizerConfig
 
 
@@ -50,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     started = time.perf_counter()
 
-    step("1/6 sample corpus")
+    step("1/7 sample corpus")
     corpus = SampleCorpusConfig(out=f"{out}/corpus", samples=args.samples, seed=0, image_size=128,
                                 samples_per_shard=64, workers=1)
     description = write_corpus(corpus)
     print(f"{args.samples} samples ({description['counts']}) in {len(description['shards'])} tars at {corpus.out}")
 
-    step("2/6 preprocess on Ray: label")
+    step("2/7 preprocess on Ray: label")
     ray_info = connect(args.address)
     print(f"Ray ({ray_info['mode']}) at {ray_info['address']}: {ray_info['nodes']} node(s), "
           f"{ray_info['resources'].get('CPU', 0):.0f} CPU, {ray_info['resources'].get('GPU', 0):.0f} GPU")
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(preprocess_summary(run_preprocess(config)))
 
-    step("3/6 tokenizers: WordPiece for text-like modalities, an FSQ tokenizer for RGB (Ray Train, 2 workers)")
+    step("3/7 tokenizers: WordPiece for text-like modalities, an FSQ tokenizer for RGB (Ray Train, 2 workers)")
     storage = Storage(config.output, config.storage)
     tokenizer_dir = run_train_wordpiece(TrainTokenizerConfig(
         modality="caption", input=config.output, output=f"{out}/tokenizers/wordpiece",
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {folder:<18} {stats['tokens']:>7} tokens, {stats['mean_per_sample']:>6} per sample, "
               f"longest {stats['longest']}")
 
-    step("4/6 read the shards back")
+    step("4/7 read the shards back")
     checked = verify_output(storage)
     print(f"{checked.samples} samples in {checked.shards} shards; every folder holds the same keys in the same order")
     print(f"{'folder':<20}{'shards':>8}{'samples':>10}{'MB':>8}")
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preview of the first samples: {storage.uri('preview.png')}; RGB through its tokens: "
           f"{rgb.output}/reconstructions.png")
 
-    step("5/6 pretrain a tiny any-to-any model (Ray Train + DeepSpeed ZeRO-2, 2 workers)")
+    step("5/7 pretrain a tiny any-to-any model (Ray Train + DeepSpeed ZeRO-2, 2 workers)")
     pretrain = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/tiny.yaml", [
         f"data={config.output}", f"storage_path={out}/runs", f"steps={args.steps}", "name=demo-tiny",
         f"modalities=[rgb, {', '.join(text_modalities)}]",
@@ -108,12 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     export_checkpoint(summary["checkpoint"], exported)
     print(f"checkpoint {summary['checkpoint']}\nexported to {exported}")
 
-    step("6/6 evaluate the tiny model: one Ray task per task, against trivial baselines")
+    step("6/7 evaluate the tiny model: one Ray task per task, against trivial baselines")
     # `all`: every task the demo's modalities allow; depth and semseg decoding are listed as skipped (no such folders).
     failed = evaluate_main(["--checkpoint", exported, "--tasks", "all", "--data", config.output,
                             "--out", f"{out}/eval", "--set", f"tokenizers={{rgb: {rgb.output}}}"])
+
+    step("7/7 a reduced scaling-law study: 3 sizes x 3 token budgets, one pretrain per Ray Tune trial, then the fit")
+    spec = load_config(StudySpec, REPO_ROOT / "configs/study/demo.yaml", [f"data={config.output}"])
+    print(plan_text(spec, plan_study(spec), concurrency(spec, ray_info["resources"])))
+    study = study_storage(spec, f"{out}/studies")
+    table = run_study(spec, study, cluster_resources=ray_info["resources"])
+    try:
+        print(exponents_text(fit_and_report(fit_table(table, spec.n_count), study.path("report"), bootstrap=100)))
+    except ValueError as exc:  # runs this small may not pin the law down; the table above still stands
+        print(f"fit: {exc}")
+    print(f"study table {study.uri('results.csv')}; fit report {study.path('report')}/report.md")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
-    return failed
+    return failed or int((table["status"] != "done").any())
 
 
 def step(title: str) -> None:

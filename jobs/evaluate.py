@@ -9,12 +9,14 @@ the run can be scored on: a task whose modalities, token folders or tokenizers t
 
 from __future__ import annotations
 
+import pipeline.eval.tasks  # noqa: F401  (the built-in tasks register themselves on import)
 from cluster.connect import connect
 from jobs.cli import job_parser, load_job_config, run_job
 from pipeline.data.storage import Storage
 from pipeline.eval.registry import select_tasks
 from pipeline.eval.report import markdown_table, write_results
-from pipeline.eval.runner import any_failed, drop_unmet, missing_inputs, run_evaluation
+from pipeline.eval.runner import any_failed, drop_unmet, missing_inputs, run_evaluation, with_progress
+from pipeline.train.metrics import METRICS, read_metrics
 from schemas.config import ConfigError
 from schemas.evaluate import EvaluateConfig
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks, skipped = drop_unmet(config, tasks)
     connect(config.ray.address, num_cpus=config.ray.num_cpus)
     rows = run_evaluation(config, tasks, list(config.checkpoints)) + skipped
+    # Charts put each checkpoint at the tokens and FLOPs its run had seen (RUN_DIR/metrics.jsonl), not its step.
+    rows = with_progress(rows, lambda run: read_metrics(f"{run}/{METRICS}", config.storage), config.storage)
     written = write_results(rows, Storage(config.out, config.storage))
     print(markdown_table(rows))
     print("results: " + ", ".join(written))

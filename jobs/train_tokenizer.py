@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_job_config(TrainTokenizerConfig, args, {
         "modality": args.modality, "input": args.input, "output": args.output, "workers": args.workers,
-        "name": args.name, "storage_path": args.storage, "address": args.address,
+        "name": args.name, "storage_path": args.storage, "ray.address": args.address,
     })
     if config.modality and get_modality(config.modality).tokenizer is TokenizerFamily.WORDPIECE:
         run_train_wordpiece(config)
         return 0
-    connect(config.address)
+    connect(config.ray.address, num_cpus=config.ray.num_cpus)
     summary = run_train_tokenizer(config)
     print(f"tokenizer: {summary['output']} (metrics.json, reconstructions.png, loss.png)")
     return 0

@@ -7,7 +7,7 @@ import pydantic
 from pydantic import Field
 
 from schemas.config import ConfigModel
-from schemas.preprocess import RayConfig, StorageConfig
+from schemas.common import RayConfig, StorageConfig
 
 
 class TaskResources(ConfigModel):

@@ -8,6 +8,7 @@ from schemas.config import ConfigModel
 from schemas.evaluate import EvaluateConfig
 from schemas.pretrain import PretrainConfig
 from schemas.preprocess import PreprocessConfig
+from schemas.study import StudySpec
 from schemas.submit import SubmitConfig
 from schemas.train_tokenizer import TrainTokenizerConfig
 
@@ -17,6 +18,7 @@ JOB_CONFIGS: dict[str, type[ConfigModel]] = {
     "evaluate": EvaluateConfig,
     "pretrain": PretrainConfig,
     "train_tokenizer": TrainTokenizerConfig,
+    "study": StudySpec,
 }
 
 

@@ -47,3 +47,15 @@ def sanitize_key(raw: str) -> str:
         return raw
     digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return validate_key(f"{cleaned}-{digest}")
+
+
+def in_holdout(key: str, fraction: float, salt: str = "") -> bool:
+    """Whether `key` falls in a held-out split of about `fraction` of all keys.
+
+    The first 8 bytes of sha256(salt + key), read as a fraction of 2**64, against `fraction`: the same answer in
+    every process, run and machine, and independent of shard order. Splits with the same salt nest (a key held out
+    at 5% is held out at 30%), so pretraining validation, tokenizer evaluation and eval score sets drawn without a
+    salt never train on each other's held-out keys; a salt draws an independent split.
+    """
+    value = int.from_bytes(hashlib.sha256((salt + key).encode("utf-8")).digest()[:8], "big") / 2**64
+    return value < fraction

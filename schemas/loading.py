@@ -71,6 +71,9 @@ class LoaderConfig(ConfigModel):
     # Compare each shard's sha256 with the manifest: a truncated or corrupted shard then fails loudly instead of
     # feeding garbage. Costs one hash pass over the bytes read.
     verify_checksums: bool = True
+    # Share of sample keys held out of training (schemas.keys.in_holdout, no salt): the loader's "train" part skips
+    # them, its "holdout" part yields only them (validation).
+    holdout_fraction: float = Field(default=0.0, ge=0, lt=1)
     # Batches prepared ahead in a background thread, so shard reads (S3 latency above all) overlap the step.
     prefetch_batches: int = Field(default=2, ge=0)
 

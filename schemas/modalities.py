@@ -1,8 +1,8 @@
 """The modality registry: one frozen record per modality, read by every stage.
 
 Covers the 21 modalities of 4M-21 and the 12 of Meta-Transformer (text and image are shared with 4M's `caption`
-and `rgb`). Adding a modality is one `register(...)` call here plus a tokenizer family (and optionally a labeler
-and an eval task); no stage ever branches on a modality's name.
+and `rgb`). Adding a modality is one `register(...)` call here (into `MODALITIES`, a `schemas.registry.Registry`)
+plus a tokenizer family (and optionally a labeler and an eval task); no stage ever branches on a modality's name.
 
 Token counts are for 224 px inputs as in 4M-21 (patch 16 -> 14x14 = 196; DINOv2/ImageBind maps 16x16 = 256).
 """
@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from schemas.registry import Registry, UnknownNameError
 
 
 class Family(str, enum.Enum):
@@ -106,34 +108,24 @@ class Modality:
         return self.num_tokens if self.num_tokens is not None else self.max_tokens  # type: ignore[return-value]
 
 
-class UnknownModalityError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
-        return str(self.args[0])
+class UnknownModalityError(UnknownNameError):
+    pass
 
 
 class ModalityNotImplementedError(NotImplementedError):
     pass
 
 
-_REGISTRY: dict[str, Modality] = {}
-_ALIASES: dict[str, str] = {}
+MODALITIES: Registry[Modality] = Registry("modality", "modalities", error=UnknownModalityError)
 
 
 def register(modality: Modality) -> Modality:
-    for name in (modality.name, *modality.aliases):
-        if name in _REGISTRY or name in _ALIASES:
-            raise ValueError(f"modality name {name!r} registered twice")
-    _REGISTRY[modality.name] = modality
-    _ALIASES.update({alias: modality.name for alias in modality.aliases})
-    return modality
+    return MODALITIES.register(modality.name, modality, aliases=modality.aliases)
 
 
 def get_modality(name: str) -> Modality:
     """Look a modality up by name or alias; an unknown name is an error listing the known ones."""
-    canonical = _ALIASES.get(name, name)
-    if canonical not in _REGISTRY:
-        raise UnknownModalityError(f"unknown modality {name!r}; known modalities: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[canonical]
+    return MODALITIES.get(name)
 
 
 def require_implemented(name: str) -> Modality:
@@ -148,7 +140,7 @@ def require_implemented(name: str) -> Modality:
 
 
 def all_modalities() -> list[Modality]:
-    return sorted(_REGISTRY.values(), key=lambda m: m.name)
+    return sorted(MODALITIES.values(), key=lambda m: m.name)
 
 
 def implemented_names() -> list[str]:

@@ -8,20 +8,9 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
+from schemas.common import RayConfig, StorageConfig
 from schemas.config import ConfigModel
 from schemas.modalities import require_implemented
-
-
-class StorageConfig(ConfigModel):
-    """Where s3:// paths live. Credentials come from the standard AWS environment/profile chain by default; they are
-    never printed or written into outputs (they are excluded from dumps and reprs)."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    anon: bool = False
-    access_key_id: pydantic.SecretStr | None = Field(default=None, repr=False)
-    secret_access_key: pydantic.SecretStr | None = Field(default=None, repr=False)
 
 
 def tokenizer_uri(value: str, root: str) -> str:
@@ -68,11 +57,6 @@ class LabelerConfig(ConfigModel):
     # quarantined (missing_ground_truth), never filled in by a model.
     source: Literal["model", "ground_truth"] = "model"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of model-based labelers; bf16 is the GPU choice
-
-
-class RayConfig(ConfigModel):
-    address: str | None = None  # None starts a local instance
-    num_cpus: int | None = None  # of the local instance
 
 
 class PreprocessConfig(ConfigModel):

@@ -10,7 +10,7 @@ from pydantic import Field
 from schemas.config import ConfigModel
 from schemas.loading import LoaderConfig, MaskingConfig
 from schemas.model import ModelConfig
-from schemas.preprocess import StorageConfig
+from schemas.common import RayConfig, StorageConfig
 
 
 class OptimConfig(ConfigModel):
@@ -45,6 +45,20 @@ class ZeroConfig(ConfigModel):
         return self
 
 
+class ValidationConfig(ConfigModel):
+    """Loss on a fixed held-out split of the token shards (keys chosen by hash, never trained on), so that runs of
+    a study, whatever their size or length, are scored on the same samples with the same masks."""
+
+    # Of every rank's samples, by key hash: the training loader skips them, the validation loader reads only them.
+    fraction: float = Field(default=0.05, ge=0, lt=1)
+    # Validate every this many steps and at the last one. None: at log steps that are also checkpoint steps.
+    every: int | None = Field(default=None, ge=1)
+    # Held-out batches per rank, read once at start and kept in memory. None: the whole held-out part, which a large
+    # output makes a long read and a large cache.
+    max_batches: int | None = Field(default=50, ge=1)
+    seed: int = Field(default=1234, ge=0)  # masking seed of the held-out batches: the same masks in every run
+
+
 class PretrainConfig(ConfigModel):
     name: str = Field(default="pretrain", pattern=r"^[A-Za-z0-9_.-]+$")
     data: str | None = None  # a preprocess output with token folders (local or s3://)
@@ -68,5 +82,24 @@ class PretrainConfig(ConfigModel):
     # Peak FLOP/s of one worker, the denominator of MFU. None: a GPU's datasheet bf16 peak (bf16 runs on GPUs the
     # table knows), else a ~1 s matmul timing in the run's precision on each worker at start-up.
     peak_flops: float | None = Field(default=None, gt=0)
+    validation: ValidationConfig = ValidationConfig()
     storage: StorageConfig = StorageConfig()
-    address: str | None = None
+    ray: RayConfig = RayConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _one_holdout_fraction(self) -> "PretrainConfig":
+        # The split is set once, under validation; a second, different value under loader would train on the
+        # held-out samples or validate on training ones.
+        loader_fraction = getattr(self.loader, "holdout_fraction", 0.0)
+        if loader_fraction not in (0.0, self.validation.fraction):
+            raise ValueError(f"loader.holdout_fraction {loader_fraction} differs from validation.fraction "
+                             f"{self.validation.fraction}; set validation.fraction only")
+        return self
+
+    def validates_at(self, step: int) -> bool:
+        """Whether `step` ends with a held-out validation (always at the last step)."""
+        if step == self.steps:
+            return True
+        if self.validation.every is not None:
+            return step % self.validation.every == 0
+        return step % self.log_every == 0 and step % self.checkpoint_every == 0

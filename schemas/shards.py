@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import json
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -78,6 +79,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("bytes", pa.int64(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
         pa.field("token_count", pa.int64(), nullable=True),  # null for untokenized folders
+        # Tokens in the shard's longest row: what the training side sizes its ModalityTable from. Null for
+        # untokenized folders; absent from manifests written before it existed (readers treat that as null).
+        pa.field("longest_row", pa.int64(), nullable=True),
         pa.field("tokenizer_id", pa.string(), nullable=True),
         pa.field("tokenizer_hash", pa.string(), nullable=True),
         pa.field("source_units", pa.list_(pa.string()), nullable=False),
@@ -89,6 +93,8 @@ MANIFEST_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One manifest row: a committed shard of one folder (see MANIFEST_SCHEMA for what each field holds)."""
+
     folder: str
     modality: str | None
     shard: int
@@ -100,14 +106,22 @@ class ManifestRow:
     token_count: int | None = None
     tokenizer_id: str | None = None
     tokenizer_hash: str | None = None
+    longest_row: int | None = None
     format_version: int = FORMAT_VERSION
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "source_units": list(self.source_units)}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> ManifestRow:
+        """A row as the manifest table or a unit record holds it; a column the row predates takes its default."""
+        return cls(**{**row, "source_units": tuple(row["source_units"])})
 
 
 def manifest_table(rows: list[ManifestRow]) -> pa.Table:
     """Rows as a table in the manifest schema, sorted by (folder, shard) so equal runs write equal files."""
     ordered = sorted(rows, key=lambda r: (r.folder, r.shard))
-    records = [{**asdict(r), "source_units": list(r.source_units)} for r in ordered]
-    return pa.Table.from_pylist(records, schema=MANIFEST_SCHEMA)
+    return pa.Table.from_pylist([r.as_dict() for r in ordered], schema=MANIFEST_SCHEMA)
 
 
 # --- quarantine ----------------------------------------------------------------------------------------------------
@@ -169,5 +183,40 @@ class QuarantineRecord:
         }
 
 
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> QuarantineRecord:
+        return cls(row["source_uri"], row["source_key"], Stage(row["stage"]), Reason(row["reason"]), row["detail"])
+
+
 def quarantine_table(records: list[QuarantineRecord]) -> pa.Table:
     return pa.Table.from_pylist([r.as_row() for r in records], schema=QUARANTINE_SCHEMA)
+
+
+# --- unit records --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UnitRecord:
+    """What one run committed for one work unit (`_units/.../unit-N.json`), written after the unit's shards.
+
+    Its existence marks the unit done; the job's end merges every record into the manifest, the quarantine table and
+    the report. It holds nothing about where or when the unit ran, so a resumed run writes the same bytes as a whole
+    one.
+    """
+
+    unit: int
+    source: str  # the input unit's label, or "shard N" for a tokenize run
+    samples_in: int
+    samples_written: int
+    manifest: tuple[ManifestRow, ...]
+    quarantine: tuple[QuarantineRecord, ...] = ()
+
+    def to_json(self) -> bytes:
+        return json.dumps({"unit": self.unit, "source": self.source, "samples_in": self.samples_in,
+                           "samples_written": self.samples_written, "manifest": [r.as_dict() for r in self.manifest],
+                           "quarantine": [q.as_row() for q in self.quarantine]}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> UnitRecord:
+        record = json.loads(payload)
+        return cls(record["unit"], record["source"], record["samples_in"], record["samples_written"],
+                   tuple(ManifestRow.from_dict(row) for row in record["manifest"]),
+                   tuple(QuarantineRecord.from_row(row) for row in record["quarantine"]))

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import Field
 
 from schemas.config import ConfigModel
 from schemas.modalities import require_implemented
-from schemas.preprocess import StorageConfig
+from schemas.common import RayConfig, StorageConfig
 from schemas.pretrain import OptimConfig
+
+
+class QuantizerChoice(ConfigModel):
+    """The bottleneck keys a config may set; unset keys take the family's defaults (`pipeline/tokenizers/
+    quantizers.py`, `QuantizerSettings`, which validates the values)."""
+
+    kind: Literal["fsq", "vq"] | None = None
+    levels: tuple[int, ...] | None = None  # FSQ
+    codebook_size: int | None = None  # VQ
+    code_dim: int | None = None
+    ema_decay: float | None = None
+    commitment: float | None = None
+    restart_after: int | None = None
+    l2_normalize: bool | None = None
+
+
+class TokenizerModelConfig(ConfigModel):
+    """The architecture keys of every tokenizer family, each None unless set: a typo fails here, with its key path,
+    before anything runs; the family's own settings model then fills its defaults and refuses another family's
+    keys (image-like maps: `pipeline/tokenizers/image.py`, global embeddings: `global_mlp.py`, WordPiece: the two
+    vocabulary keys)."""
+
+    # image-like maps and feature maps
+    widths: tuple[int, ...] | None = None  # one per stage; every stage after the first halves the resolution
+    blocks: int | None = None
+    resolution: int | None = None  # default: the training samples' own
+    # global embeddings
+    tokens: int | None = None
+    hidden: int | None = None
+    depth: int | None = None
+    # every neural family
+    quantizer: QuantizerChoice | None = None
+    num_classes: int | None = None  # class maps; default: from the training samples
+    # the shared WordPiece vocabulary (text-like modalities)
+    vocab_size: int | None = Field(default=None, ge=1)
+    min_frequency: int | None = Field(default=None, ge=0)
+
+    def settings(self) -> dict[str, Any]:
+        """The keys set, as the family's settings model takes them."""
+        return self.model_dump(exclude_none=True)
 
 
 class TrainTokenizerConfig(ConfigModel):
@@ -28,9 +68,8 @@ class TrainTokenizerConfig(ConfigModel):
     time_limit_minutes: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=32, ge=1)  # per worker
     optim: OptimConfig = OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=100)
-    # The family's architecture, validated by the family's own settings (pipeline/tokenizers: image.ImageSettings,
-    # global_mlp.GlobalSettings), e.g. {widths: [16, 32, 64, 128], quantizer: {kind: vq, codebook_size: 1024}}.
-    model: dict[str, Any] = Field(default_factory=dict)
+    # The family's architecture, e.g. {widths: [16, 32, 64, 128], quantizer: {kind: vq, codebook_size: 1024}}.
+    model: TokenizerModelConfig = TokenizerModelConfig()
     fit_samples: int = Field(default=512, ge=1)  # training samples the input normalisation is fitted on
     holdout_fraction: float = Field(default=0.05, gt=0, lt=1)  # of keys, by hash; never trained on
     eval_samples: int = Field(default=512, ge=1)
@@ -40,7 +79,7 @@ class TrainTokenizerConfig(ConfigModel):
     log_every: int = Field(default=50, ge=1)
     seed: int = 0
     storage: StorageConfig = StorageConfig()
-    address: str | None = None
+    ray: RayConfig = RayConfig()
 
     @pydantic.field_validator("modality")
     @classmethod

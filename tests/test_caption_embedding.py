@@ -17,7 +17,8 @@ from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
-from schemas.preprocess import LabelerConfig, PreprocessConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import LabelerConfig, PreprocessConfig
 
 CAPTIONS = ["A large red circle to the left of a small blue square.", "An astronaut in a white suit.", ""]
 

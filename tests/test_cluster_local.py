@@ -105,6 +105,7 @@ def test_killed_worker_is_dead_and_the_other_keeps_working(ray_cluster: LocalClu
     victim_procs = snapshot({proc.pid for proc in ray_cluster.nodes[victim].processes()})
     assert victim_procs
     try:
+        assert all(running(proc) for proc in victim_procs) and victim in live_node_ids(), "alive until the kill"
         ray_cluster.kill_node(victim)
         assert not [proc.pid for proc in victim_procs if running(proc)]
         wait_until(lambda: victim not in live_node_ids(), timeout_s=30, what=f"Ray marks {victim} dead")

@@ -1,8 +1,10 @@
 """Typed configs: every mistake names its key path and its origin; nothing is silently ignored."""
 
+import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 from schemas.config import ConfigError, dump_config, load_config, parse_override
 from schemas.preprocess import PreprocessConfig
@@ -88,3 +90,57 @@ def test_every_shipped_config_validates(path):
     from schemas.jobs import config_model_for
 
     load_config(config_model_for(path.relative_to(REPO / "configs")), path)
+
+
+def _leaf_paths(data: dict, prefix: tuple = ()) -> list[tuple]:
+    paths = []
+    for key, value in data.items():
+        nested = isinstance(value, dict) and value
+        paths += _leaf_paths(value, (*prefix, key)) if nested else [(*prefix, key)]
+    return paths
+
+
+def _without(data: dict, path: tuple) -> dict:
+    data = copy.deepcopy(data)
+    parents = [data]
+    for key in path[:-1]:
+        parents.append(parents[-1][key])
+    del parents[-1][path[-1]]
+    for parent, key in zip(reversed(parents[:-1]), reversed(path[:-1])):  # drop sections left empty
+        if not parent[key]:
+            del parent[key]
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "configs").rglob("*.yaml") if "study" not in p.parts),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_state_only_what_differs_from_the_defaults(path, tmp_path):
+    """No key of a recipe restates the job's default: a key whose value is the default and whose removal leaves the
+    loaded config the same is noise that drifts when the default changes. (A key equal to the default can still be
+    needed: a section given in a file starts from its own class's defaults, not the job's.)"""
+    from schemas.jobs import config_model_for
+
+    model = config_model_for(path.relative_to(REPO / "configs"))
+    data = yaml.safe_load(path.read_text()) or {}
+    loaded, defaults = load_config(model, path).model_dump(mode="json"), model().model_dump(mode="json")
+    for leaf in _leaf_paths(data):
+        default = defaults
+        for key in leaf:
+            default = default.get(key) if isinstance(default, dict) else None
+        if _plain(_get(data, leaf)) != _plain(default):
+            continue
+        trimmed = write(tmp_path, yaml.safe_dump(_without(data, leaf)))
+        assert load_config(model, trimmed).model_dump(mode="json") != loaded, f"{'.'.join(leaf)} restates the default"
+
+
+def _get(data: dict, path: tuple):
+    for key in path:
+        data = data[key]
+    return data
+
+
+def _plain(value):
+    """YAML lists and schema tuples compare alike; ints and floats too."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -109,3 +109,47 @@ def test_unknown_task_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"give --checkpoint.*give --data"):
         evaluate_job.main(["--tasks", "object_count", "--out", str(tmp_path)])
     assert not (tmp_path / "results.parquet").exists()
+
+
+def test_curves_plot_each_run_against_its_tokens_and_flops(tmp_path):
+    """Two runs checkpointed at the same steps but seeing different tokens and FLOPs per step (sizes and batches
+    differ): each is its own line, at the tokens and FLOPs its metrics rows give (interpolated between log steps)."""
+    from pipeline.data.storage import Storage
+    from pipeline.eval.report import CURVES_FLOPS_PNG, CURVES_PNG, curve_series, write_results
+    from pipeline.eval.runner import checkpoint_progress, with_progress
+    from pipeline.train.metrics import METRICS, RunMetrics, read_metrics
+    from schemas.common import StorageConfig
+
+    per_step = {"small": (100.0, 1e9), "big": (400.0, 1e11)}  # tokens, FLOPs per step
+    for run, (tokens, flops) in per_step.items():
+        metrics = RunMetrics(Storage(str(tmp_path / run), StorageConfig()))
+        for step in (2, 4):  # log_every 2
+            metrics.log({"step": step, "loss": 1.0, "tokens_seen": tokens * step, "flops_seen": flops * step})
+        metrics.flush()
+    def run_metrics(run: str) -> list[dict]:  # what jobs/evaluate.py passes
+        return read_metrics(f"{run}/{METRICS}")
+
+    rows = with_progress([
+        {"checkpoint": str(tmp_path / run / f"step-{step:06d}"), "step": step, "task": "t", "metric": "accuracy",
+         "value": value, "baseline": 0.25, "higher_is_better": True, "head": "none", "baseline_kind": "chance",
+         "status": "ok", "seconds": 1.0} for run in per_step for step, value in ((3, 0.5), (4, 0.7))], run_metrics)
+    assert checkpoint_progress(str(tmp_path / "small" / "step-000006"), run_metrics).tokens_seen is None  # past it
+    assert checkpoint_progress(None, run_metrics).run == ""
+    assert checkpoint_progress(str(tmp_path / "elsewhere" / "x.safetensors"), run_metrics).tokens_seen is None
+
+    label, series = curve_series(rows)
+    assert label == "tokens seen"
+    assert series == {("t", "accuracy"): {"small": [(300.0, 0.5, 0.25), (400.0, 0.7, 0.25)],
+                                          "big": [(1200.0, 0.5, 0.25), (1600.0, 0.7, 0.25)]}}
+    assert curve_series(rows, "flops_seen")[1][("t", "accuracy")]["big"][0][0] == pytest.approx(3e11)
+
+    written = write_results(rows, Storage(str(tmp_path / "out"), StorageConfig()))
+    assert {CURVES_PNG, CURVES_FLOPS_PNG} <= {uri.rsplit("/", 1)[1] for uri in written}
+    table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert sorted((r["run"], r["tokens_seen"]) for r in table) == [
+        ("big", 1200.0), ("big", 1600.0), ("small", 300.0), ("small", 400.0)]
+    # Without tokens for every checkpoint the charts fall back to the step, and no FLOPs chart is written.
+    rows[0]["tokens_seen"] = rows[0]["flops_seen"] = None
+    assert curve_series(rows)[0] == "step"
+    written = write_results(rows, Storage(str(tmp_path / "fallback"), StorageConfig()))
+    assert CURVES_FLOPS_PNG not in {uri.rsplit("/", 1)[1] for uri in written}

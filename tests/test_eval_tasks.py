@@ -13,13 +13,14 @@ import ray
 
 from pipeline.data.masking import fill_spans
 from pipeline.eval.batches import pack
-from pipeline.eval.context import TaskContext, in_score_set, read_split
+from pipeline.eval.context import TaskContext, read_split
 from pipeline.eval.heads import fit_probe
 from pipeline.eval.metrics import classification_accuracy
 from pipeline.eval.registry import ExternalDataset, HeadKind, TokenSplit, all_tasks, get_task
 from pipeline.eval.tasks.probes import ANNOTATIONS, labelled, largest_shape, object_count
 from schemas.batch import ModalitySpec, ModalityTable
 from schemas.evaluate import EvaluateConfig, ProbeConfig
+from schemas.keys import in_holdout
 
 
 def test_pack_shows_all_inputs_and_the_whole_target_like_the_masker():
@@ -130,6 +131,7 @@ def sample_output(tmp_path_factory, ray_session):
     from pipeline.tokenizers import train_wordpiece
     from schemas.config import load_config
     from schemas.corpus import SampleCorpusConfig
+    from schemas.common import 
     from schemas.preprocess import PreprocessConfig
 
     root = tmp_path_factory.mktemp("eval-sample")
@@ -158,7 +160,7 @@ def _raw_annotations(corpus) -> dict[str, dict]:
 
 def test_token_split_reads_tokens_with_their_ground_truth(sample_output):
     from pipeline.data.storage import Storage
-    from schemas.preprocess import StorageConfig
+    from schemas.common import StorageConfig
 
     storage = Storage(str(sample_output / "out"), StorageConfig())
     samples = read_split(storage, TokenSplit(("caption",), (ANNOTATIONS,)), max_samples=1000)
@@ -185,14 +187,14 @@ def test_fit_and_score_split_by_key(sample_output):
     context.__dict__["samples"] = read_split(context.storage, TokenSplit(("caption",), (ANNOTATIONS,)), 1000)
     fit, score = context.fit_and_score()
     assert fit and score and len(fit) + len(score) == len(context.samples)
-    assert all(in_score_set(s.key, 0.3) for s in score) and not any(in_score_set(s.key, 0.3) for s in fit)
+    assert all(in_holdout(s.key, 0.3) for s in score) and not any(in_holdout(s.key, 0.3) for s in fit)
     with pytest.raises(ValueError, match="needs a model but no checkpoint"):
         context.model  # noqa: B018
 
 
 def test_in_score_set_is_a_fraction_of_keys():
     keys = [f"sample_{i:06d}" for i in range(4000)]
-    share = np.mean([in_score_set(k, 0.25) for k in keys])
+    share = np.mean([in_holdout(k, 0.25) for k in keys])
     assert 0.22 < share < 0.28
     assert pickle.loads(pickle.dumps(EvaluateConfig())) == EvaluateConfig()
 
@@ -200,7 +202,7 @@ def test_in_score_set_is_a_fraction_of_keys():
 def test_dense_ground_truth_is_scored_against_its_baseline(sample_output):
     from pipeline.data.storage import Storage
     from pipeline.eval.tasks.decoding import read_label, resize_to, score_maps
-    from schemas.preprocess import StorageConfig
+    from schemas.common import StorageConfig
 
     storage = Storage(str(sample_output / "out"), StorageConfig())
     samples = read_split(storage, TokenSplit(("caption",), ("depth", "semseg")), max_samples=1000)

@@ -26,7 +26,8 @@ from pipeline.train.export import export_checkpoint
 from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
-from schemas.preprocess import PreprocessConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import PreprocessConfig
 from schemas.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,6 @@
 """The broadcast all-gather that DeepSpeed uses on gloo: bitwise equal to gloo's own, sync and async, and installed
-into DeepSpeed's backend only where it applies. Two real gloo processes on this machine."""
+into DeepSpeed's backend only where it applies, by the job's one call for the CPU patches
+(pipeline/train/cpu_patches.py). Two and three real gloo processes on this machine."""
 
 from __future__ import annotations
 
@@ -28,10 +29,18 @@ def _compare_on_rank(rank: int, world: int) -> dict:
         checks[str(dtype)] = (torch.equal(synced, expected), torch.equal(prefetched.view(-1), expected))
     import deepspeed
     import deepspeed.comm.comm as ds_comm
+    from deepspeed.runtime.zero import stage3, stage_1_and_2
+
+    from pipeline.train.cpu_patches import CPU_PATCHES, install_cpu_patches
 
     deepspeed.init_distributed(dist_backend="gloo")
-    installed = install_broadcast_all_gather()
-    checks["installed"] = (installed, ds_comm.cdb.all_gather_function is broadcast_all_gather_into_tensor)
+    installed = install_cpu_patches()  # what the job's workers call: every CPU patch, each where it applies
+    checks["patches"] = sorted(installed) == sorted(CPU_PATCHES)
+    checks["installed"] = (installed["gloo_all_gather"],
+                           ds_comm.cdb.all_gather_function is broadcast_all_gather_into_tensor)
+    checks["fp32_grad_norm"] = (installed["fp32_grad_norm"],
+                                stage_1_and_2.get_norm_dtype() == stage3.get_norm_dtype() == torch.float32)
+    checks["again"] = install_broadcast_all_gather()  # the gloo installer alone, as bench/ calls it
     dist.barrier()
     dist.destroy_process_group()
     return checks
@@ -44,4 +53,7 @@ def test_broadcast_all_gather_equals_gloo_and_is_installed_for_two_ranks(world):
         assert checks["torch.float32"] == (True, True), rank
         assert checks["torch.bfloat16"] == (True, True), rank
         # installed with 2 ranks only (measured there); 3 ranks keep gloo's ring all-gather
+        assert checks["patches"], rank
         assert checks["installed"] == ((True, True) if world == 2 else (False, False)), rank
+        assert checks["again"] == (world == 2), rank
+        assert checks["fp32_grad_norm"] == (True, True), rank  # the CPU accelerator, whatever the group size

@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import io
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data.encoding import encode_npy
-from pipeline.data.loader import (
-    ShardAlignmentError,
-    TokenShardLoader,
-    assign_shards,
-    list_token_shards,
-    modality_table_from_output,
-    to_torch,
-)
+from pipeline.data.loader import TokenShardLoader, assign_shards, to_torch
+from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.data.masking import EOS_ID
 from pipeline.data.storage import Storage
-from pipeline.data.tar_io import tar_bytes
+from pipeline.data.tar_io import commit_token_shard
+from pipeline.data.token_shards import (
+    ShardAlignmentError,
+    decode_npy,
+    list_token_shards,
+    modality_table_from_output,
+)
 from schemas.batch import BATCH_FIELDS
 from schemas.config import parse_override
+from schemas.keys import in_holdout
 from schemas.loading import LoaderConfig, MaskingConfig
 from schemas.modalities import get_modality
-from schemas.preprocess import StorageConfig
-from schemas.shards import (
-    MANIFEST_FILE,
-    REPORT_FILE,
-    ManifestRow,
-    manifest_table,
-    member_name,
-    shard_relpath,
-    token_folder,
-)
+from schemas.common import StorageConfig
+from schemas.shards import shard_relpath
 
 SHARD_SIZES = (7, 5, 9, 3, 6)  # uneven on purpose: 30 samples
 GRID = 16  # 4x4 token grids
@@ -55,27 +48,19 @@ def token_row(modality: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_token_output(root: Path, shard_sizes=SHARD_SIZES, modalities=MODALITIES) -> list[str]:
-    """tok_<modality>/shard-N.tar for each modality, manifest.parquet and report.json; returns all keys."""
+    """tok_<modality>/shard-N.tar for each modality and manifest.parquet, committed as the tokenize stage commits
+    them; returns all keys."""
     storage = Storage(str(root), StorageConfig())
     rng = np.random.default_rng(0)
-    rows, keys, longest = [], [], {}
+    rows, keys = [], []
     for shard, size in enumerate(shard_sizes):
         shard_keys = [f"s{shard:03d}_{i:04d}" for i in range(size)]
         keys += shard_keys
         for modality in modalities:
             arrays = [token_row(modality, rng) for _ in shard_keys]
-            payload = tar_bytes((member_name(k, "npy"), encode_npy(a)) for k, a in zip(shard_keys, arrays))
-            relpath = shard_relpath(token_folder(modality), shard)
-            storage.write_atomic(relpath, payload)
-            rows.append(ManifestRow(folder=token_folder(modality), modality=modality, shard=shard, uri=relpath,
-                                    samples=size, bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
-                                    source_units=(shard_relpath(modality, shard),),
-                                    token_count=sum(a.size for a in arrays), tokenizer_id="test", tokenizer_hash="0"))
-            folder = token_folder(modality)
-            longest[folder] = max(longest.get(folder, 0), *(a.shape[1] for a in arrays))
-    pq.write_table(manifest_table(rows), str(root / MANIFEST_FILE))
-    report = {"tokens": {folder: {"longest": n} for folder, n in longest.items()}}
-    (root / REPORT_FILE).write_text(json.dumps(report))
+            rows.append(commit_token_shard(storage, modality, shard, shard_keys, arrays, tokenizer_id="test",
+                                           tokenizer_hash="0", source_units=(shard_relpath(modality, shard),)))
+    write_manifest(storage, rows)
     return keys
 
 
@@ -85,10 +70,10 @@ def output(tmp_path_factory) -> tuple[Path, list[str]]:
     return root, write_token_output(root)
 
 
-def make_loader(root, rank=0, world_size=1, storage_config=None, **overrides) -> TokenShardLoader:
+def make_loader(root, rank=0, world_size=1, storage_config=None, part="train", **overrides) -> TokenShardLoader:
     table = modality_table_from_output(str(root), MODALITIES, storage_config)
     config = LoaderConfig(**{"batch_size": 4, "shuffle_buffer": 8, "seed": 3, "retry_backoff_s": 0.0, **overrides})
-    return TokenShardLoader(str(root), table, MASKING, config, rank, world_size, storage_config)
+    return TokenShardLoader(str(root), table, MASKING, config, rank, world_size, storage_config, part=part)
 
 
 def epoch_keys(loader: TokenShardLoader) -> list[list[str]]:
@@ -101,6 +86,13 @@ def test_modality_table_from_the_output(output):
     assert table.names == MODALITIES
     assert table["rgb"].grid == (4, 4) and table["depth"].max_tokens == GRID
     assert table["caption"].max_tokens == get_modality("caption").token_budget  # sequences: the registry's bound
+
+
+def test_modality_table_of_a_manifest_from_before_longest_rows(output, tmp_path):
+    root, _ = output
+    old = Storage(str(shutil.copytree(root, tmp_path / "old")), StorageConfig())
+    write_manifest(old, [dataclasses.replace(row, longest_row=None) for row in read_manifest(old)])
+    assert modality_table_from_output(old.root, MODALITIES) == modality_table_from_output(str(root), MODALITIES)
 
 
 def test_batches_have_the_contract_shapes(output):
@@ -171,6 +163,26 @@ def test_resume_mid_epoch_reproduces_the_remaining_batches(output):
         make_loader(root, world_size=2, rank=0).load_state_dict(state)
 
 
+def test_held_out_keys_never_reach_training_and_are_the_holdout_part(output):
+    root, keys = output
+    held_out = {k for k in keys if in_holdout(k, 0.3)}
+    assert 0 < len(held_out) < len(keys)
+    for world in (1, 2):
+        train = [make_loader(root, rank, world, holdout_fraction=0.3) for rank in range(world)]
+        seen = [epoch_keys(loader) for loader in train]
+        assert len({len(batches) for batches in seen}) == 1  # equal batch counts on every rank
+        trained = {k for batches in seen for batch in batches for k in batch}
+        assert trained == set(keys) - held_out  # every training key, not one held-out key
+        holdout = [make_loader(root, rank, world, holdout_fraction=0.3, part="holdout") for rank in range(world)]
+        validated = [epoch_keys(loader) for loader in holdout]
+        assert len({len(batches) for batches in validated}) == 1
+        assert {k for batches in validated for batch in batches for k in batch} == held_out
+    with pytest.raises(ValueError, match="other settings"):  # a position in one part is not one in the other
+        holdout[1].load_state_dict(train[1].state_dict())
+    with pytest.raises(ValueError, match="holdout part is empty"):
+        make_loader(root, part="holdout")
+
+
 def test_a_corrupt_shard_is_retried_skipped_and_logged(output, tmp_path, caplog):
     root, keys = output
     copy = tmp_path / "out"
@@ -194,15 +206,10 @@ def test_a_corrupt_shard_is_retried_skipped_and_logged(output, tmp_path, caplog)
 def test_keys_that_differ_between_modalities_are_an_error(tmp_path):
     write_token_output(tmp_path, shard_sizes=(3,), modalities=("rgb",))
     storage = Storage(str(tmp_path), StorageConfig())
-    rgb = storage.read_bytes(shard_relpath("tok_rgb", 0))
     # tok_depth holds the same members in another order
-    members = [(member_name(f"s000_{i:04d}", "npy"), encode_npy(np.zeros((1, GRID), np.int16))) for i in (1, 0, 2)]
-    depth = tar_bytes(members)
-    storage.write_atomic(shard_relpath("tok_depth", 0), depth)
-    rows = [ManifestRow(folder=f"tok_{m}", modality=m, shard=0, uri=shard_relpath(f"tok_{m}", 0), samples=3,
-                        bytes=len(p), sha256=hashlib.sha256(p).hexdigest(), source_units=())
-            for m, p in (("rgb", rgb), ("depth", depth))]
-    pq.write_table(manifest_table(rows), str(tmp_path / MANIFEST_FILE))
+    depth = commit_token_shard(storage, "depth", 0, [f"s000_{i:04d}" for i in (1, 0, 2)],
+                               [np.zeros((1, GRID), np.int16)] * 3, tokenizer_id="test")
+    write_manifest(storage, [*read_manifest(storage), depth])
     table = modality_table_from_output(str(tmp_path), ("rgb", "depth"))
     loader = TokenShardLoader(str(tmp_path), table, MASKING, LoaderConfig(batch_size=2, prefetch_batches=0))
     with pytest.raises(ShardAlignmentError, match="s000_0001"):
@@ -223,7 +230,7 @@ def test_reads_from_s3(output, s3_bucket):
 
 def test_reads_what_the_real_tokenize_stage_writes(tmp_path, ray_session):
     """Label + tokenize the sample corpus with the preprocess job itself, then load it: the loader's idea of the
-    output (manifest, report, row dtype and EOS) is the writer's."""
+    output (manifest, row dtype and EOS) is the writer's."""
     from pipeline.data.inspect import iter_members
     from pipeline.data.masking import fill_spans
     from pipeline.data.preprocess import run_preprocess
@@ -231,6 +238,7 @@ def test_reads_what_the_real_tokenize_stage_writes(tmp_path, ray_session):
     from pipeline.tokenizers import train_wordpiece
     from schemas.config import load_config
     from schemas.corpus import SampleCorpusConfig
+    from schemas.common import 
     from schemas.preprocess import PreprocessConfig
 
     write_corpus(SampleCorpusConfig(out=str(tmp_path / "corpus"), samples=24, image_size=48, samples_per_shard=8))
@@ -259,8 +267,6 @@ def test_reads_what_the_real_tokenize_stage_writes(tmp_path, ray_session):
 
 
 def test_npy_decoding_matches_numpy():
-    from pipeline.data.loader import decode_npy
-
     arrays = [np.arange(197, dtype=np.int16)[None], np.arange(12, dtype=np.int32).reshape(3, 4),
               np.asfortranarray(np.arange(12).reshape(3, 4)), np.zeros((1, 0), np.int16)]
     for array in arrays * 2:  # the second round decodes from the cached headers

@@ -24,7 +24,8 @@ from pipeline.data.storage import Storage
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
 from schemas.modalities import get_modality
-from schemas.preprocess import LabelerConfig, PreprocessConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import LabelerConfig, PreprocessConfig
 
 MODALITIES = ("depth", "normal", "clip_feature", "dinov2_feature", "dinov2_global", "semseg")
 GRID = TINY_INPUT // 8  # patch 8

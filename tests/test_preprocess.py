@@ -28,7 +28,8 @@ from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
-from schemas.preprocess import PreprocessConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import PreprocessConfig
 from schemas.shards import MANIFEST_FILE, braceexpand_pattern
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,9 +146,13 @@ def test_killed_driver_then_rerun_gives_same_shards(corpus, labelled, tmp_path, 
     job = run_job(*args, address=ray_cluster.address)
     deadline = time.monotonic() + 120
     while not list((target / "_units").glob("unit-*.json")) and time.monotonic() < deadline and job.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
+    running, done = job.poll() is None, len(list((target / "_units").glob("unit-*.json")))
     os.killpg(job.pid, signal.SIGKILL)  # no cleanup of any kind: as if the driver's machine died
     job.wait()
+    # Killed mid-run (else the rerun below proves nothing): the driver alive, some units done, not all.
+    assert running and 1 <= done < 3, f"at the kill: driver running {running}, {done} of 3 units done"
+    assert not (target / MANIFEST_FILE).exists()
     rerun = run_job(*args, address=ray_cluster.address)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
@@ -176,7 +181,8 @@ def test_killed_worker_node_then_rerun_gives_same_shards(corpus, labelled, tmp_p
     try:
         deadline = time.monotonic() + 120
         while not list((target / "_units").glob("unit-*.json")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
+        running, done = job.poll() is None, len(list((target / "_units").glob("unit-*.json")))
         ray_cluster.kill_node(victim)
         output, _ = job.communicate(timeout=300)
         if job.returncode != 0:
@@ -185,6 +191,8 @@ def test_killed_worker_node_then_rerun_gives_same_shards(corpus, labelled, tmp_p
             assert rerun.returncode == 0, output
     finally:
         ray_cluster.add_worker()  # later tests get two workers again
+    # The node died mid-run (else nothing was lost to recover): the job running, some units done, not all.
+    assert running and 1 <= done < 3, f"at the kill: job running {running}, {done} of 3 units done"
     assert shard_digests(target) == shard_digests(out)
     assert verify_output(Storage(str(target), StorageConfig())).samples == 40
 

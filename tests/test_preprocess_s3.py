@@ -13,7 +13,8 @@ from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
-from schemas.preprocess import PreprocessConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import PreprocessConfig
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("ray_session")

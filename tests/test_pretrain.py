@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train.loop import META, MODEL_JSON, TAG, WEIGHTS
+from faults import KillWorkerOnce
+
+from pipeline.train.checkpoint import META, MODEL_JSON, TAG, WEIGHTS
 from pipeline.train.metrics import read_metrics
 from pipeline.train.trainer import run_pretrain
 from schemas.config import load_config
@@ -64,6 +66,38 @@ def test_loss_falls_under_each_zero_stage_with_every_metric(stage_run, stage):
         assert 0 < m["mfu"] < 1 and m["mfu"] == pytest.approx(m["flops_per_s"] / m["peak_flops"])
     events = list((Path(run["metrics_file"]).parent / "tb").glob("events.out.tfevents.*"))
     assert events and b"mfu" in events[0].read_bytes()
+    assert b"by_tokens/loss" in events[0].read_bytes() and b"by_gflops/val_loss" in events[0].read_bytes()
+
+
+def test_rows_count_what_was_trained_and_validate_on_the_held_out_split(stage_run):
+    """The study measurements (issue 18): cumulative counts in every row, held-out losses at the validation steps,
+    the run's summary.json, and loss plots against steps, tokens and FLOPs."""
+    run = stage_run(2)
+    log = run["log"]
+    for m in log:
+        # 2 workers x 8 samples per step: counted from the batches, not computed from the config
+        assert m["samples_seen"] == m["step"] * 2 * 8
+        assert m["tokens_seen"] == m["input_tokens_seen"] + m["target_tokens_seen"]
+        assert 0 < m["input_tokens_seen"] <= m["samples_seen"] * 32  # masking.input_tokens=32 slots per sample
+        assert 0 < m["target_tokens_seen"] <= m["samples_seen"] * 32
+    for before, after in zip(log, log[1:]):
+        window = after["step"] - before["step"]
+        # each window's FLOPs and tokens are what its throughput says it trained
+        assert after["flops_seen"] - before["flops_seen"] == pytest.approx(
+            after["flops_per_s"] * window * 16 / after["samples_per_s"], rel=1e-6)
+        assert after["tokens_seen"] - before["tokens_seen"] == pytest.approx(
+            after["tokens_per_s"] * window * 16 / after["samples_per_s"], rel=1e-6)
+    # validation at log steps that are checkpoint steps (12) and at the end (24), by default
+    assert [m["step"] for m in log if "val_loss" in m] == [12, 24]
+    assert log[-1]["val_loss"] < log[2]["val_loss"]  # the held-out loss falls too
+    assert {"val_loss_caption", "val_loss_color_palette", "val_loss_metadata"} & set(log[-1])
+    summary = json.loads(Path(run["summary_file"]).read_text())
+    assert summary["steps"] == 24 and summary["final"] == log[-1]
+    assert summary["params_total"] > summary["params_non_embedding"] > 0
+    assert {k: run[k] for k in ("params_total", "params_non_embedding")} == {
+        k: summary[k] for k in ("params_total", "params_non_embedding")}
+    for x in ("step", "tokens", "flops"):
+        assert Path(run["plots"][x]).read_bytes().startswith(b"\x89PNG")
 
 
 def test_zero_stages_follow_the_same_trajectory(stage_run):
@@ -84,8 +118,8 @@ def test_zero_3_with_cpu_offload_follows_stage_3(stage_run, tokens, tmp_path):
 
 
 def test_killed_worker_resumes_and_ends_where_an_uninterrupted_run_does(stage_run, tokens, tmp_path):
-    hooks = {"fail_at_step": 18, "failure_marker": str(tmp_path / "failed-once")}
-    summary = run_pretrain(config(tokens, tmp_path, *REFERENCE, "zero.stage=2", "max_failures=1"), test_hooks=hooks)
+    kill = KillWorkerOnce(step=18, marker=str(tmp_path / "failed-once"))
+    summary = run_pretrain(config(tokens, tmp_path, *REFERENCE, "zero.stage=2", "max_failures=1"), callbacks=[kill])
     assert (tmp_path / "failed-once").exists()  # the worker did die
     assert summary["metrics"]["step"] == 24
     log = read_metrics(summary["metrics_file"])
@@ -96,6 +130,10 @@ def test_killed_worker_resumes_and_ends_where_an_uninterrupted_run_does(stage_ru
     assert log[4]["loss"] == pytest.approx(log[3]["loss"], rel=1e-6)
     reference = stage_run(2)  # the same recipe, never interrupted
     assert [m["loss"] for m in log[4:]] == pytest.approx([m["loss"] for m in reference["log"][3:]], rel=1e-6)
+    # the cumulative counts came back with the checkpoint, and the held-out loss is the uninterrupted run's
+    assert [m["tokens_seen"] for m in log[4:]] == [m["tokens_seen"] for m in reference["log"][3:]]
+    assert [m["flops_seen"] for m in log[4:]] == [m["flops_seen"] for m in reference["log"][3:]]
+    assert log[-1]["val_loss"] == pytest.approx(reference["log"][-1]["val_loss"], rel=1e-6)
     ours, theirs = weights(summary["checkpoint"]), weights(reference["checkpoint"])
     assert set(ours) == set(theirs)
     for name, tensor in theirs.items():
@@ -109,8 +147,8 @@ def test_gradient_accumulation_resumes_on_an_update_boundary(tokens, tmp_path):
     recipe = (*REFERENCE, "zero.stage=2", "optim.grad_accumulation=2", "steps=12", "checkpoint_every=4",
               "log_every=2", "loader.batch_size=4")
     whole = run_pretrain(config(tokens, tmp_path / "whole", *recipe))
-    hooks = {"fail_at_step": 10, "failure_marker": str(tmp_path / "failed-once")}
-    killed = run_pretrain(config(tokens, tmp_path / "killed", *recipe, "max_failures=1"), test_hooks=hooks)
+    kill = KillWorkerOnce(step=10, marker=str(tmp_path / "failed-once"))
+    killed = run_pretrain(config(tokens, tmp_path / "killed", *recipe, "max_failures=1"), callbacks=[kill])
     assert (tmp_path / "failed-once").exists()
     log, reference = read_metrics(killed["metrics_file"]), read_metrics(whole["metrics_file"])
     assert [m["step"] for m in reference] == [2, 4, 6, 8, 10, 12]

@@ -13,7 +13,8 @@ from hostile_corpus import MAX_PIXELS, unusual_images, write_hostile_corpus
 from pipeline.data.decode import DecodeError, decode_caption, decode_image, decode_metadata
 from pipeline.data.readers import InputError, RawSample, list_units, read_unit
 from pipeline.data.storage import Storage
-from schemas.preprocess import CaptionConfig, ImageConfig, ReaderConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import CaptionConfig, ImageConfig, ReaderConfig
 from schemas.shards import QuarantineRecord, Reason
 
 

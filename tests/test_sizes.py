@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import typing
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from pipeline.model.flops import forward_flops, training_flops
 from pipeline.model.sizes import param_counts
 from schemas.batch import ModalitySpec, ModalityTable
 from schemas.modalities import Family, implemented_names
-from schemas.model import ModelConfig
+from schemas.model import ModelConfig, SizeName
 
 REGISTRY_TABLE = ModalityTable.of(ModalitySpec.from_registry(name) for name in implemented_names())
 
@@ -51,6 +52,11 @@ def test_sizes_follow_4m():
     for name, (dim, depth, heads) in {"B": (768, 12, 12), "L": (1024, 24, 16), "XL": (2048, 24, 32)}.items():
         dims = SIZES[name]
         assert (dims.dim, dims.encoder_depth, dims.decoder_depth, dims.heads) == (dim, depth, depth, heads)
+
+
+def test_the_config_names_exactly_the_registered_sizes():
+    # schemas/ cannot import the model package, so ModelConfig spells the names out; this keeps the two in step.
+    assert set(typing.get_args(SizeName)) == {*SIZES, "custom"}
 
 
 def test_model_config_validation():

@@ -17,7 +17,7 @@ from pipeline.data.inspect import verify_output
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
 from schemas.corpus import SampleCorpusConfig
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 REPO = Path(__file__).resolve().parent.parent
 STEP_LINE = re.compile(r"step +\d+/100000 loss")  # a train worker's log line, forwarded to the job's log

@@ -263,7 +263,7 @@ def test_train_tokenizer_job_trains_the_shared_wordpiece_on_label_shards(tokens,
     from jobs.train_tokenizer import main
     from pipeline.data.inspect import iter_members
     from pipeline.data.storage import Storage
-    from schemas.preprocess import StorageConfig
+    from schemas.common import StorageConfig
 
     out = tmp_path / "wordpiece"
     assert main(["--modality", "caption", "--input", tokens, "--output", str(out),

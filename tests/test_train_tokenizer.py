@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.inspect import iter_members, read_manifest
-from pipeline.data.label_stream import LabelStream, is_holdout, iter_split
+from pipeline.data.inspect import iter_members
+from pipeline.data.label_stream import LabelStream, iter_split
+from pipeline.data.manifest import read_manifest
 from pipeline.data.preprocess import run_preprocess
 from pipeline.data.sample_corpus import write_corpus
 from pipeline.data.storage import Storage
@@ -24,7 +25,9 @@ from pipeline.tokenizers.codecs import read_member
 from pipeline.train.tokenizer import run_train_tokenizer
 from schemas.config import load_config
 from schemas.corpus import SampleCorpusConfig
-from schemas.preprocess import PreprocessConfig, StorageConfig
+from schemas.keys import in_holdout
+from schemas.common import StorageConfig
+from schemas.preprocess import PreprocessConfig
 from schemas.train_tokenizer import TrainTokenizerConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +59,7 @@ def test_streams_are_disjoint_per_rank_and_never_touch_the_held_out_split(labels
     held_out = {k for k, _ in iter_split(storage, "rgb", bytes, holdout=0.2, held_out=True)}
     train = {k for k, _ in iter_split(storage, "rgb", bytes, holdout=0.2, held_out=False)}
     assert held_out and train and not held_out & train and len(held_out | train) == 60
-    assert all(is_holdout(k, 0.2) for k in held_out)
+    assert all(in_holdout(k, 0.2) for k in held_out)
     # The reader returns the member bytes themselves, so streamed samples can be traced back to their keys.
     key_of = {p: k for k, p in iter_split(storage, "rgb", lambda p: p, holdout=0.2, held_out=False)}
     seen = []
@@ -97,8 +100,8 @@ def test_train_writes_a_tokenizer_with_held_out_metrics_and_plots(labels, tmp_pa
         f"output={labels}", "stages=[tokenize]", f"tokenizer_root={tmp_path}", "tokenizers={semseg: out}"])
     report = run_preprocess(tokenize, log=lambda _: None)
     assert report["tokens"]["tok_semseg"]["longest"] == 64
-    rows = [r for r in read_manifest(storage) if r["folder"] == "tok_semseg"]
-    assert len(rows) == 3 and {(r["tokenizer_id"], r["tokenizer_hash"]) for r in rows} == {
+    rows = [r for r in read_manifest(storage) if r.folder == "tok_semseg"]
+    assert len(rows) == 3 and {(r.tokenizer_id, r.tokenizer_hash) for r in rows} == {
         (tokenizer.tokenizer_id, tokenizer.content_hash)}
     labels_by_key = {k: read_member("semseg", p) for k, p in iter_members(storage, "semseg")}
     tokens = dict(iter_members(storage, "tok_semseg"))
@@ -130,6 +133,7 @@ def test_a_killed_job_resumes_from_its_checkpoint(labels, tmp_path, ray_cluster)
             assert first.poll() is None, f"the job ended before its first checkpoint:\n{first.stdout.read()}"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
+        assert first.poll() is None, "the job ended before it was killed"  # killed mid-run, not after the end
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started in its session
         first.wait()

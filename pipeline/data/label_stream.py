@@ -9,46 +9,42 @@ number of steps rather than epochs, so ranks never need to agree on how many bat
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from pipeline.data.inspect import iterate_shard, read_manifest
+from pipeline.data.manifest import folder_rows, read_manifest
 from pipeline.data.storage import Storage
+from pipeline.data.tar_io import ShardReadError, iterate_shard, read_shard_bytes, read_with_retries
+from schemas.keys import in_holdout
+from schemas.loading import LoaderConfig
 from schemas.modalities import get_modality
 
 log = logging.getLogger(__name__)
-READ_ATTEMPTS = 3
 Reader = Callable[[bytes], np.ndarray]
-
-
-def is_holdout(key: str, fraction: float) -> bool:
-    """A key's split, the same on every machine and run: the first 8 bytes of its sha256 as a fraction."""
-    value = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-    return value < fraction
+# Shard reads retry as the training loader's do, with its defaults (tokenizer training has no loader section).
+_READS = LoaderConfig()
 
 
 def label_shards(storage: Storage, modality: str) -> list[str]:
     """The modality's shard paths in shard order, from the manifest (never a directory listing)."""
     folder = get_modality(modality).name
-    rows = sorted((r for r in read_manifest(storage) if r["folder"] == folder), key=lambda r: r["shard"])
+    rows = folder_rows(read_manifest(storage), folder)
     if not rows:
         raise FileNotFoundError(f"{storage.uri()} has no {folder} label shards in its manifest")
-    return [r["uri"] for r in rows]
+    return [r.uri for r in rows]
 
 
-def _read(storage: Storage, path: str) -> bytes | None:
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            return storage.read_bytes(path)
-        except OSError as exc:
-            log.warning("reading %s failed (attempt %d/%d): %s", path, attempt + 1, READ_ATTEMPTS, exc)
-            time.sleep(0.5 * (attempt + 1))
-    log.warning("skipping shard %s after %d failed reads", path, READ_ATTEMPTS)
-    return None
+def _members(storage: Storage, path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The shard's members, or none (with a warning) when it cannot be read even after retries."""
+    try:
+        payload = read_with_retries(lambda: read_shard_bytes(storage, path), retries=_READS.read_retries,
+                                    backoff_s=_READS.retry_backoff_s, what=f"reading {path}", log=log)
+    except ShardReadError as exc:
+        log.warning("skipping shard %s after %d failed reads: %s", path, _READS.read_retries + 1, exc)
+        return iter(())
+    return iterate_shard(payload)
 
 
 def iter_split(storage: Storage, modality: str, read: Reader, *, holdout: float, held_out: bool,
@@ -57,9 +53,8 @@ def iter_split(storage: Storage, modality: str, read: Reader, *, holdout: float,
     held-out split is what evaluation scores."""
     count = 0
     for path in label_shards(storage, modality):
-        payload = _read(storage, path)
-        for key, fields in iterate_shard(payload) if payload is not None else ():
-            if is_holdout(key, holdout) == held_out:
+        for key, fields in _members(storage, path):
+            if in_holdout(key, holdout) == held_out:
                 yield key, read(next(iter(fields.values())))
                 count += 1
                 if limit is not None and count >= limit:
@@ -80,11 +75,10 @@ class LabelStream:
     def _epoch(self, epoch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         index = 0
         for i in rng.permutation(len(self.shards)):
-            payload = _read(self.storage, self.shards[i])
-            for key, fields in iterate_shard(payload) if payload is not None else ():
+            for key, fields in _members(self.storage, self.shards[i]):
                 mine = self.stride == 1 or index % self.stride == self.rank
                 index += 1
-                if mine and not is_holdout(key, self.holdout):
+                if mine and not in_holdout(key, self.holdout):
                     yield self.read(next(iter(fields.values())))
 
     def __iter__(self) -> Iterator[np.ndarray]:

@@ -19,81 +19,41 @@ yields exactly the batches an uninterrupted one would (the masking RNG's state i
 Read errors: a shard whose read fails (I/O error, bad tar, sha256 not the manifest's) is retried
 `read_retries` times, then skipped for the rest of the epoch with a warning naming it. Keys that differ between a
 shard's modality tars are not a read error but a broken output: that raises `ShardAlignmentError`.
+
+Held-out samples: with `holdout_fraction` f > 0, the keys `in_holdout(key, f)` picks (no salt) are the validation
+part. A loader of part "train" drops them as it reads each shard, so no held-out sample ever reaches a training
+batch; a loader of part "holdout" keeps only them. Which keys a shard holds is not in the manifest, so a rank's
+count of its part is bounded instead: n*s + 3*sqrt(n*s*(1 - s)) for n samples and the part's share s (1 - f or f),
+which a key hash exceeds about once in 700. Batch counts come from the largest bound, equal on every rank as
+before; every sample of the part is seen once per epoch and some twice (with f = 0 the bound is n, as before).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import queue
-import struct
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from pipeline.data.inspect import iterate_shard, read_manifest
 from pipeline.data.masking import Masker
 from pipeline.data.storage import Storage
-from schemas.batch import ModalitySpec, ModalityTable
+from pipeline.data.tar_io import ShardReadError, read_with_retries
+from pipeline.data.token_shards import Sample, TokenShard, list_token_shards, read_token_shard
+from schemas.batch import ModalityTable
+from schemas.keys import in_holdout
 from schemas.loading import LoaderConfig, MaskingConfig
-from schemas.modalities import get_modality
-from schemas.preprocess import StorageConfig
-from schemas.shards import REPORT_FILE, token_folder
+from schemas.common import StorageConfig
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-Sample = tuple[str, dict[str, np.ndarray]]  # key, modality -> token array (n_crops, n)
-
-
-class ShardReadError(RuntimeError):
-    """One shard could not be read whole; the loader retries it, then skips it."""
-
-
-class ShardAlignmentError(RuntimeError):
-    """The modality tars of one shard number hold different keys: the output itself is broken."""
-
-
-@dataclass(frozen=True)
-class TokenShard:
-    """Shard N of every token folder a run reads, as the manifest lists it."""
-
-    shard: int
-    samples: int
-    uris: tuple[tuple[str, str], ...]  # (modality, uri relative to the root)
-    sha256: tuple[str, ...]
-
-
-def list_token_shards(storage: Storage, modalities: Sequence[str]) -> list[TokenShard]:
-    """Shards that hold every requested token folder, from the manifest (never a directory listing)."""
-    folders = {token_folder(m): m for m in modalities}
-    rows: dict[int, dict[str, dict]] = {}
-    for row in read_manifest(storage):
-        if row["folder"] in folders:
-            rows.setdefault(row["shard"], {})[row["folder"]] = row
-    shards = []
-    for number, found in sorted(rows.items()):
-        missing = sorted(set(folders) - set(found))
-        if missing:
-            raise ShardAlignmentError(f"{storage.uri()}: shard {number} has no manifest row for {missing}; "
-                                      f"tokenize those modalities first")
-        counts = {row["samples"] for row in found.values()}
-        if len(counts) != 1:
-            raise ShardAlignmentError(f"{storage.uri()}: shard {number} has different sample counts per token "
-                                      f"folder: { {f: r['samples'] for f, r in found.items()} }")
-        if counts.pop():
-            shards.append(TokenShard(number, found[token_folder(modalities[0])]["samples"],
-                                     tuple((m, found[token_folder(m)]["uri"]) for m in modalities),
-                                     tuple(found[token_folder(m)]["sha256"] for m in modalities)))
-    if not shards:
-        raise ValueError(f"{storage.uri()}: the manifest lists no non-empty shards of {sorted(folders)}")
-    return shards
+Part = Literal["train", "holdout"]
 
 
 def assign_shards(shards: Sequence[TokenShard], world_size: int) -> list[list[TokenShard]]:
@@ -111,102 +71,12 @@ def assign_shards(shards: Sequence[TokenShard], world_size: int) -> list[list[To
     return [sorted(ranked, key=lambda s: s.shard) for ranked in assigned]
 
 
-_NPY_MAGIC = b"\x93NUMPY"
-_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}  # header bytes -> shape, fortran, dtype
-
-
-def decode_npy(payload: bytes) -> np.ndarray:
-    """`np.load` of one .npy member, with its header's parse cached.
-
-    numpy parses every header with `ast.literal_eval`, which costs ~10x the array copy for rows of a few hundred
-    tokens; token members of one modality share a handful of headers, so each is parsed once. The array is a
-    read-only view of `payload`.
-    """
-    if payload[:6] != _NPY_MAGIC or payload[6] not in (1, 2):
-        return np.load(io.BytesIO(payload), allow_pickle=False)  # anything unusual: numpy decides (or raises)
-    length, start = (struct.unpack_from("<H", payload, 8)[0], 10) if payload[6] == 1 else \
-        (struct.unpack_from("<I", payload, 8)[0], 12)
-    header = payload[start:start + length]
-    if header not in _NPY_HEADERS:
-        handle = io.BytesIO(payload)
-        version = np.lib.format.read_magic(handle)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(handle)
-        if dtype.hasobject:
-            raise ValueError("object arrays are not token rows")
-        if len(_NPY_HEADERS) > 4096:
-            _NPY_HEADERS.clear()
-        _NPY_HEADERS[header] = (shape, fortran, dtype)
-    shape, fortran, dtype = _NPY_HEADERS[header]
-    data = np.frombuffer(payload, dtype=dtype, count=math.prod(shape), offset=start + length)
-    return data.reshape(shape, order="F" if fortran else "C")
-
-
-def read_token_shard(storage: Storage, shard: TokenShard, verify_checksums: bool = True) -> list[Sample]:
-    """All samples of one shard number: its modality tars read side by side, keys checked equal."""
-    columns: list[list[tuple[str, dict]]] = []
-    for (modality, uri), digest in zip(shard.uris, shard.sha256):
-        try:
-            payload = storage.read_bytes(uri)
-            if verify_checksums and hashlib.sha256(payload).hexdigest() != digest:
-                raise ShardReadError(f"{uri}: sha256 differs from the manifest")
-            members = list(iterate_shard(payload))
-        except ShardReadError:
-            raise
-        except Exception as exc:  # any failure to fetch or parse the tar: I/O, truncation, bad headers
-            raise ShardReadError(f"{uri}: {type(exc).__name__}: {exc}") from exc
-        if len(members) != shard.samples:
-            raise ShardReadError(f"{uri}: {len(members)} samples, the manifest says {shard.samples}")
-        columns.append(members)
-    reference = [key for key, _ in columns[0]]
-    for (modality, uri), members in zip(shard.uris[1:], columns[1:]):
-        keys = [key for key, _ in members]
-        if keys != reference:
-            first = next(i for i, (a, b) in enumerate(zip(keys, reference)) if a != b)
-            raise ShardAlignmentError(f"shard {shard.shard}: {uri} holds key {keys[first]!r} at position {first} "
-                                      f"where {shard.uris[0][1]} holds {reference[first]!r}")
-    samples = []
-    for position, key in enumerate(reference):
-        rows = {}
-        for (modality, uri), members in zip(shard.uris, columns):
-            try:
-                array = decode_npy(members[position][1]["npy"])
-            except Exception as exc:
-                raise ShardReadError(f"{uri}: member {key}.npy: {type(exc).__name__}: {exc}") from exc
-            rows[modality] = array.reshape(1, -1) if array.ndim == 1 else array
-        samples.append((key, rows))
-    return samples
-
-
-def modality_table_from_output(root: str, modalities: Sequence[str],
-                               storage_config: StorageConfig | None = None) -> ModalityTable:
-    """The run's ModalityTable from a preprocess output.
-
-    Fixed-length modalities (grids, global embeddings) take the row length the output actually has (e.g. 8x8 = 64
-    tokens for 64 px images): from report.json's tokens -> longest, or, without a report, the first row of the
-    folder's first shard. Variable-length ones (sequences) take the registry's bound, so a model trained on one
-    output accepts another output's longer captions; a row longer than the bound is an error.
-    """
-    storage = Storage(root, storage_config or StorageConfig())
-    longest: dict[str, int] = {}
-    if storage.exists(REPORT_FILE):
-        tokens = json.loads(storage.read_bytes(REPORT_FILE)).get("tokens", {})
-        longest = {folder: int(stats["longest"]) for folder, stats in tokens.items()}
-    specs = []
-    for name in modalities:
-        modality = get_modality(name)
-        folder = token_folder(modality.name)
-        length = longest.get(folder)
-        if length is None:
-            first = list_token_shards(storage, [modality.name])[0]
-            length = read_token_shard(storage, first)[0][1][modality.name].shape[1]
-        if modality.num_tokens is None:
-            if length > modality.token_budget:
-                raise ValueError(f"{folder}: rows of up to {length} tokens, the registry bounds {name} at "
-                                 f"{modality.token_budget}")
-            length = modality.token_budget
-        specs.append(ModalitySpec.from_registry(modality.name, length))
-    return ModalityTable.of(specs)
+def _part_bound(samples: int, share: float) -> int:
+    """At most how many of `samples` keys fall in a part of expected share `share` (mean + 3 sigma of the binomial
+    count, capped at `samples`); exactly `samples` for share 1."""
+    mean = samples * share
+    # round() first: 30 x 0.7 is 21.000000000000004 in floating point, which must not ceil to 22
+    return min(samples, math.ceil(round(mean + 3 * math.sqrt(mean * (1 - share)), 6)))
 
 
 def to_torch(batch: dict[str, np.ndarray]) -> dict:
@@ -223,9 +93,15 @@ class TokenShardLoader:
     """
 
     def __init__(self, root_uri: str, table: ModalityTable, masking: MaskingConfig, config: LoaderConfig,
-                 rank: int = 0, world_size: int = 1, storage_config: StorageConfig | None = None):
+                 rank: int = 0, world_size: int = 1, storage_config: StorageConfig | None = None, *,
+                 part: Part = "train"):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        if part not in ("train", "holdout"):
+            raise ValueError(f"part must be 'train' or 'holdout', got {part!r}")
+        if part == "holdout" and config.holdout_fraction == 0:
+            raise ValueError("the holdout part is empty: set loader.holdout_fraction above 0")
+        self.part = part
         self.storage = Storage(root_uri, storage_config or StorageConfig())
         self.config = config
         self.rank, self.world_size = rank, world_size
@@ -236,10 +112,14 @@ class TokenShardLoader:
         all_shards = list_token_shards(self.storage, self.modalities)
         assigned = assign_shards(all_shards, world_size)
         self.shards = assigned[rank]
-        self.samples_per_epoch = max(sum(s.samples for s in ranked) for ranked in assigned)
-        self.batches_per_epoch = math.ceil(self.samples_per_epoch / config.batch_size)
+        share = config.holdout_fraction if part == "holdout" else 1.0 - config.holdout_fraction
+        self.samples_per_epoch = max(_part_bound(sum(s.samples for s in ranked), share) for ranked in assigned)
+        self.batches_per_epoch = max(1, math.ceil(self.samples_per_epoch / config.batch_size))
+        # A saved position is only valid for the same sample stream: the split joins the fingerprint (only when
+        # there is one, so states saved before holdouts existed still load).
+        split = [part, config.holdout_fraction] if config.holdout_fraction else []
         self._fingerprint = hashlib.sha256(
-            json.dumps([[s.shard, s.samples] for s in all_shards]).encode()).hexdigest()[:16]
+            json.dumps([[s.shard, s.samples] for s in all_shards] + split).encode()).hexdigest()[:16]
         self._state = self._epoch_start(0, np.random.default_rng([config.seed, rank, 0x4D41534B]))
 
     def __len__(self) -> int:
@@ -326,6 +206,9 @@ class TokenShardLoader:
                     yielded_this_pass = True
                     yield block[index]
                 state.update(block=state["block"] + 1, cursor=cursor, offset=offset, taken=0)
+            if not yielded_this_pass and len(state["skipped"]) < len(self.shards):
+                raise ValueError(f"rank {self.rank}: shards {[s.shard for s in self.shards]} hold no sample of the "
+                                 f"{self.part} part at holdout_fraction {self.config.holdout_fraction}")
             if not yielded_this_pass:
                 raise ShardReadError(f"rank {self.rank}: no shard of {[s.shard for s in self.shards]} could be read "
                                      f"(skipped: {state['skipped']})")
@@ -355,24 +238,25 @@ class TokenShardLoader:
         return block, cursor, offset
 
     def _read_with_retries(self, shard: TokenShard, state: dict, cache: dict[int, list[Sample]]) -> list[Sample]:
+        """The shard's samples of this loader's part; [] (and the shard skipped this epoch) if it cannot be read."""
         if shard.shard in cache:
             return cache[shard.shard]
-        attempts = self.config.read_retries + 1
-        for attempt in range(attempts):
-            try:
-                cache[shard.shard] = read_token_shard(self.storage, shard, self.config.verify_checksums)
-                return cache[shard.shard]
-            except ShardReadError as exc:
-                error = exc
-                if attempt + 1 < attempts:
-                    log.info("rank %d: reading shard %d failed (attempt %d of %d), retrying: %s",
-                             self.rank, shard.shard, attempt + 1, attempts, exc)
-                    time.sleep(self.config.retry_backoff_s * 2**attempt)
-        log.warning("rank %d: skipping shard %d (%s) for the rest of epoch %d after %d failed reads: %s",
-                    self.rank, shard.shard, ", ".join(self.storage.uri(uri) for _, uri in shard.uris),
-                    state["epoch"], attempts, error)
-        state["skipped"].append(shard.shard)
-        return []
+        try:
+            samples = read_with_retries(
+                lambda: read_token_shard(self.storage, shard, self.config.verify_checksums),
+                retries=self.config.read_retries, backoff_s=self.config.retry_backoff_s,
+                what=f"rank {self.rank}: reading shard {shard.shard}", log=log)
+        except ShardReadError as error:
+            log.warning("rank %d: skipping shard %d (%s) for the rest of epoch %d after %d failed reads: %s",
+                        self.rank, shard.shard, ", ".join(self.storage.uri(uri) for _, uri in shard.uris),
+                        state["epoch"], self.config.read_retries + 1, error)
+            state["skipped"].append(shard.shard)
+            return []
+        fraction = self.config.holdout_fraction
+        if fraction:
+            samples = [s for s in samples if in_holdout(s[0], fraction) == (self.part == "holdout")]
+        cache[shard.shard] = samples
+        return samples
 
 
 def _prefetched(produced: Iterator, depth: int) -> Iterator:

@@ -20,26 +20,17 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.data.labelers import get_labeler
 from pipeline.data.labelers.weights import required_weights
+from pipeline.data.manifest import write_manifest, write_quarantine
 from pipeline.data.readers import WorkUnit, list_units
-from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, WritePlan, commit_unit, write_unit
+from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, AlignmentError, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
 from schemas.preprocess import LabelerConfig, PreprocessConfig
-from schemas.shards import (
-    AUX_FOLDERS,
-    MANIFEST_FILE,
-    QUARANTINE_DIR,
-    QUARANTINE_SCHEMA,
-    REPORT_FILE,
-    ManifestRow,
-    manifest_table,
-)
+from schemas.shards import AUX_FOLDERS, REPORT_FILE, ManifestRow, UnitRecord
 
 STATE_FILE = f"{UNITS_DIR}/state.json"
 
@@ -206,7 +197,7 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
         return json.loads(output.read_bytes(REPORT_FILE))  # a finished job: rerunning it changes nothing
     report = finalize(output, config, runs, shards, time.perf_counter() - started, processed)
     report["units_per_node_this_run"] = dict(sorted(nodes.items()))
-    output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())
+    output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())  # the report's one write
     return report
 
 
@@ -225,15 +216,16 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
         return set()
     done = set()
     for count, row in enumerate(build_dataset(config, plan, source, output, pending).iter_rows(), start=1):
+        if row["refused"]:
+            raise AlignmentError(row["refused"])
         record = _log_unit(log, row, count, len(pending))
-        done.add(record["unit"])
-        nodes[record["node"]] += 1
+        done.add(record.unit)
+        nodes[row["node"]] += 1
     # A unit with no readable members produces no rows and so never reaches the writer: commit it empty here,
     # so every shard number exists in every folder.
     for unit in pending:
         if unit.index not in done:
-            empty = {k: [] for k in ("key", "source_uri", "stage", "reason", "detail", "crop", "annotations")}
-            commit_unit(output, unit.index, unit.label, empty, plan)
+            commit_unit(output, unit.index, unit.label, None, plan)
     return {u.index for u in pending}
 
 
@@ -261,49 +253,47 @@ def _log_plan(log: Callable[[str], None], plan: WritePlan, total: int, pending: 
         f"{total - pending} already done, {pending} to do")
 
 
-def _log_unit(log: Callable[[str], None], row: dict, count: int, total: int) -> dict:
-    record = json.loads(row["record"])
-    node = f" on node {record['node'][:8]}" if "node" in record else ""
-    log(f"  unit {record['unit']:>6} done ({count}/{total}){node}: {record['samples_written']} written, "
-        f"{len(record['quarantine'])} quarantined")
+def _log_unit(log: Callable[[str], None], row: dict, count: int, total: int) -> UnitRecord:
+    record = UnitRecord.from_json(row["record"])
+    node = f" on node {row['node'][:8]}" if "node" in row else ""
+    log(f"  unit {record.unit:>6} done ({count}/{total}){node}: {record.samples_written} written, "
+        f"{len(record.quarantine)} quarantined")
     return record
 
 
 def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], shards: int,
              seconds: float, processed: set[int]) -> dict:
-    """Merge every run's unit records into the manifest, the quarantine table and the report."""
-    records = {plan.run: [json.loads(output.read_bytes(plan.record_path(i))) for i in range(shards)] for plan in runs}
+    """Merge every run's unit records into the manifest and the quarantine table; return the report."""
+    records = {plan.run: [UnitRecord.from_json(output.read_bytes(plan.record_path(i))) for i in range(shards)]
+               for plan in runs}
     base = records[BASE_RUN]
-    rows = [ManifestRow(**{**m, "source_units": tuple(m["source_units"])})
-            for run in records.values() for r in run for m in r["manifest"]]
-    _write_parquet(output, MANIFEST_FILE, manifest_table(rows))
-    quarantine = [q for r in base for q in r["quarantine"]]  # only the base run decides which samples exist
-    _write_parquet(output, f"{QUARANTINE_DIR}/quarantine.parquet",
-                   pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
-    processed_samples = sum(r["samples_in"] for r in base if r["unit"] in processed)
-    report = {
+    rows = [row for run in records.values() for record in run for row in record.manifest]
+    write_manifest(output, rows)
+    quarantine = [q for record in base for q in record.quarantine]  # only the base run decides which samples exist
+    write_quarantine(output, quarantine)
+    processed_samples = sum(r.samples_in for r in base if r.unit in processed)
+    return {
         "input": config.input,
         "output": config.output,
         "units": shards,
         "shards_per_folder": shards,
         "folders": [*(f for plan in runs for f in plan.folders), *AUX_FOLDERS],
         "runs": [{"run": plan.run, "kind": plan.kind, "modalities": list(plan.modalities)} for plan in runs],
-        "samples_in": sum(r["samples_in"] for r in base),
-        "samples_written": sum(r["samples_written"] for r in base),
+        "samples_in": sum(r.samples_in for r in base),
+        "samples_written": sum(r.samples_written for r in base),
         "samples_quarantined": len(quarantine),
-        "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in quarantine).items())),
+        "quarantine_reasons": dict(sorted(Counter(q.reason.value for q in quarantine).items())),
         "bytes_per_folder": _bytes_per_folder(rows),
-        "tokens": _token_stats(rows, [r for plan in runs if plan.kind == "tokenize" for r in records[plan.run]]),
+        "tokens": _token_stats(rows),
         "seconds": round(seconds, 3),
         "samples_per_second_this_run": round(processed_samples / seconds, 2) if processed_samples else None,
     }
-    output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())
-    return report
 
 
-def _token_stats(rows: list[ManifestRow], token_records: list[dict]) -> dict[str, dict]:
+def _token_stats(rows: list[ManifestRow]) -> dict[str, dict]:
     """Per token folder: tokens, samples, mean and longest row, and the tokenizer that made them."""
     stats: dict[str, dict] = {}
+    longest: Counter = Counter()
     for row in rows:
         if row.token_count is None:
             continue
@@ -311,9 +301,10 @@ def _token_stats(rows: list[ManifestRow], token_records: list[dict]) -> dict[str
                                               "tokenizer_hash": row.tokenizer_hash})
         entry["tokens"] += row.token_count
         entry["samples"] += row.samples
+        longest[row.folder] = max(longest[row.folder], row.longest_row or 0)
     for folder, entry in stats.items():
         entry["mean_per_sample"] = round(entry["tokens"] / entry["samples"], 2) if entry["samples"] else 0.0
-        entry["longest"] = max((r["longest_row"].get(folder, 0) for r in token_records), default=0)
+        entry["longest"] = longest[folder]
     return dict(sorted(stats.items()))
 
 
@@ -322,9 +313,3 @@ def _bytes_per_folder(rows: list[ManifestRow]) -> dict[str, int]:
     for row in rows:
         totals[row.folder] += row.bytes
     return dict(sorted(totals.items()))
-
-
-def _write_parquet(storage: Storage, relpath: str, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_atomic(relpath, sink.getvalue().to_pybytes())

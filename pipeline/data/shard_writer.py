@@ -8,11 +8,9 @@ writes the same bytes again.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -20,16 +18,16 @@ import ray
 from pipeline.data.encoding import encode_json, encode_npy
 from pipeline.data.stages import Batch, ok_mask, payload_column
 from pipeline.data.storage import Storage
-from pipeline.data.tar_io import tar_bytes
+from pipeline.data.tar_io import commit_shard
 from schemas.modalities import get_modality
 from schemas.shards import (
     ANNOTATIONS_FOLDER,
     CROP_SETTINGS_FOLDER,
     SOURCE_FOLDER,
-    ManifestRow,
     QuarantineRecord,
     Reason,
     Stage,
+    UnitRecord,
     member_name,
     shard_relpath,
     token_folder,
@@ -82,22 +80,32 @@ def existing_keys(storage: Storage, index: int) -> list[str]:
 
 
 def write_unit(batch: Batch, *, storage: Storage, plan: WritePlan, unit_label: dict[int, str]) -> Batch:
-    """Ray Data stage: write the unit in `batch` and return a one-row summary."""
+    """Ray Data stage: write the unit in `batch` and return a one-row summary: its record and where it ran."""
     if len(batch["unit"]) == 0:  # a unit with no members at all: the driver commits it empty at the end
-        return {"unit": np.array([], dtype=np.int64), "record": np.array([], dtype=object)}
+        return {"unit": np.array([], dtype=np.int64), "record": np.array([], dtype=object),
+                "node": np.array([], dtype=object), "refused": np.array([], dtype=object)}
     units = set(batch["unit"].tolist())
     if len(units) != 1 or len(batch["unit"]) != int(batch["unit_rows"][0]):
         # Should never happen (blocks are not split); if it does, writing would silently lose samples.
         raise RuntimeError(f"writer got a partial or mixed unit: units {sorted(units)}, {len(batch['unit'])} rows")
     (index,) = units
-    record = commit_unit(storage, index, unit_label[index], batch, plan)
-    # Where the unit ran, for the report (not stored in the record: a resumed run must not differ from a whole one).
-    record["node"] = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    return {"unit": np.array([index]), "record": np.array([json.dumps(record)], dtype=object)}
+    # Where the unit ran, for the report (not in the record: a resumed run must not differ from a whole one).
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    try:
+        record = commit_unit(storage, index, unit_label[index], batch, plan)
+    except AlignmentError as exc:
+        # Returned, not raised: Ray Data wraps an exception raised in a task into its own type and the driver could
+        # no longer tell a refusal (one clear line for the user) from a crash. The driver raises it again.
+        return {"unit": np.array([index]), "record": np.array([""], dtype=object),
+                "node": np.array([node], dtype=object), "refused": np.array([str(exc)], dtype=object)}
+    return {"unit": np.array([index]), "record": np.array([record.to_json().decode()], dtype=object),
+            "node": np.array([node], dtype=object), "refused": np.array([""], dtype=object)}
 
 
-def commit_unit(storage: Storage, index: int, label: str, batch: Batch, plan: WritePlan) -> dict:
-    good = np.flatnonzero(ok_mask(batch)) if len(batch["key"]) else np.array([], dtype=int)
+def commit_unit(storage: Storage, index: int, label: str, batch: Batch | None, plan: WritePlan) -> UnitRecord:
+    """Commit unit `index`: its shard in every folder of the plan, then its record. `batch` is None for a unit
+    that had no readable members: its shards are then empty, so every shard number exists in every folder."""
+    good = [] if batch is None else np.flatnonzero(ok_mask(batch)).tolist()
     keys = [batch["key"][i] for i in good]
     if not plan.is_base:
         _check_aligned(storage, index, keys, batch)
@@ -111,38 +119,30 @@ def commit_unit(storage: Storage, index: int, label: str, batch: Batch, plan: Wr
             encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i]}) for i in good
         ])
         folders[ANNOTATIONS_FOLDER] = (None, "json", [batch["annotations"][i] for i in good])
-    manifest = []
-    for folder, (modality, ext, payloads) in folders.items():
-        payload = tar_bytes((member_name(k, ext), p) for k, p in zip(keys, payloads))
-        relpath = shard_relpath(folder, index)
-        storage.write_atomic(relpath, payload)
-        manifest.append(ManifestRow(
-            folder=folder, modality=modality, shard=index, uri=relpath, samples=len(keys), bytes=len(payload),
-            sha256=hashlib.sha256(payload).hexdigest(), source_units=(label,),
-        ))
-    quarantined = [] if not plan.is_base else [
+    manifest = tuple(
+        commit_shard(storage, folder, index, [(member_name(k, ext), p) for k, p in zip(keys, payloads)],
+                     modality=modality, source_units=(label,))
+        for folder, (modality, ext, payloads) in folders.items()
+    )
+    quarantined = () if batch is None or not plan.is_base else tuple(
         QuarantineRecord(batch["source_uri"][i], batch["key"][i], Stage(batch["stage"][i]), Reason(batch["reason"][i]),
                          batch["detail"][i])
         for i in range(len(batch["key"])) if batch["reason"][i] != ""
-    ]
-    record = {
-        "unit": index,
-        "source": label,
-        "samples_in": len(keys) + len(quarantined),
-        "samples_written": len(keys),
-        "manifest": [{**asdict(row), "source_units": list(row.source_units)} for row in manifest],
-        "quarantine": [q.as_row() for q in quarantined],
-    }
-    storage.write_atomic(plan.record_path(index), json.dumps(record, sort_keys=True).encode())
+    )
+    record = UnitRecord(unit=index, source=label, samples_in=len(keys) + len(quarantined), samples_written=len(keys),
+                        manifest=manifest, quarantine=quarantined)
+    storage.write_atomic(plan.record_path(index), record.to_json())
     return record
 
 
-def _check_aligned(storage: Storage, index: int, keys: list[str], batch: Batch) -> None:
+def _check_aligned(storage: Storage, index: int, keys: list[str], batch: Batch | None) -> None:
     expected = existing_keys(storage, index)
     if keys == expected:
         return
-    failed = [f"{batch['key'][i]} ({batch['reason'][i]}: {batch['detail'][i]})"
-              for i in range(len(batch["key"])) if batch["reason"][i] != "" and batch["key"][i] in set(expected)]
+    failed = [] if batch is None else [
+        f"{batch['key'][i]} ({batch['reason'][i]}: {batch['detail'][i]})"
+        for i in range(len(batch["key"])) if batch["reason"][i] != "" and batch["key"][i] in set(expected)
+    ]
     raise AlignmentError(
         f"shard {index}: the added modalities cover {len(keys)} of the {len(expected)} existing samples"
         + (f"; failed: {'; '.join(failed[:5])}" if failed else "; the input changed since the first run")

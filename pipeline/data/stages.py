@@ -18,7 +18,8 @@ from pipeline.data.ground_truth import ground_truth_payload, member_ext
 from pipeline.data.labelers import DecodedBatch, get_labeler
 from pipeline.data.readers import RawSample, WorkUnit, read_unit
 from pipeline.data.storage import Storage
-from schemas.preprocess import CaptionConfig, ImageConfig, LabelerConfig, ReaderConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import CaptionConfig, ImageConfig, LabelerConfig, ReaderConfig
 from schemas.shards import Reason, Stage
 
 Batch = dict[str, np.ndarray]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 
 def storage_options(config: StorageConfig) -> dict:

@@ -16,7 +16,7 @@ from pipeline.eval.batches import Row, pack
 from schemas.batch import ModalityTable
 from schemas.export import MODEL_JSON, WEIGHTS, sidecar_name
 from schemas.model import ModelConfig
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 _STEP = re.compile(r"(\d+)(?!.*\d)")
 

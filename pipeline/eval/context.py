@@ -1,24 +1,27 @@
 """What an eval task gets to work with: the model handle, tokenizers and its data, all loaded lazily on the worker.
 
 A task that needs no model (an external-data smoke test) never loads one; a task's split is read once per task.
-Samples are split into a fit set and a score set by a hash of their key, so the split is the same for every
-checkpoint and every task, and never depends on shard order.
+Samples are split into a fit set and a score set by a hash of their key (`schemas.keys.in_holdout`, no salt), so
+the split is the same for every checkpoint and every task, and never depends on shard order. Being the same split
+as pretraining's validation holdout at a larger fraction, the score set holds every key pretraining held out and the
+probe never fits on one.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipeline.data.inspect import iterate_shard, read_manifest
-from pipeline.data.loader import list_token_shards, read_token_shard
+from pipeline.data.manifest import folder_rows, read_manifest
 from pipeline.data.storage import Storage
+from pipeline.data.tar_io import iterate_shard
+from pipeline.data.token_shards import list_token_shards, read_token_shard
 from pipeline.eval.registry import ExternalDataset, Task, TokenSplit
 from schemas.evaluate import EvaluateConfig
+from schemas.keys import in_holdout
 
 
 @dataclass
@@ -28,12 +31,6 @@ class EvalSample:
     key: str
     tokens: dict[str, np.ndarray]  # modality -> (n_crops, n) ids
     aux: dict[str, dict[str, bytes]] = field(default_factory=dict)  # folder -> {ext: bytes}
-
-
-def in_score_set(key: str, test_fraction: float) -> bool:
-    """Deterministic split by key: the first 8 bytes of sha1(key) as a fraction of 2**64."""
-    digest = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
-    return digest / 2.0 ** 64 < test_fraction
 
 
 @dataclass
@@ -84,8 +81,8 @@ class TaskContext:
 
     def fit_and_score(self) -> tuple[list[EvalSample], list[EvalSample]]:
         fraction = self.config.probe.test_fraction
-        score = [s for s in self.samples if in_score_set(s.key, fraction)]
-        fit = [s for s in self.samples if not in_score_set(s.key, fraction)]
+        score = [s for s in self.samples if in_holdout(s.key, fraction)]
+        fit = [s for s in self.samples if not in_holdout(s.key, fraction)]
         if not fit or not score:
             raise ValueError(f"task {self.task.name!r}: {len(self.samples)} samples leave an empty fit or score set")
         return fit, score
@@ -98,15 +95,16 @@ class TaskContext:
 
 def read_split(storage: Storage, split: TokenSplit, max_samples: int) -> list[EvalSample]:
     """Token rows of `split.modalities` plus the aux folders' members, shard by shard, keys aligned."""
-    aux_rows = {(row["folder"], row["shard"]): row for row in read_manifest(storage) if row["folder"] in split.aux}
+    manifest = read_manifest(storage)
+    aux_rows = {(folder, row.shard): row for folder in split.aux for row in folder_rows(manifest, folder)}
     samples: list[EvalSample] = []
-    for shard in list_token_shards(storage, list(split.modalities)):
+    for shard in list_token_shards(storage, list(split.modalities), manifest):
         aux_members = {}
         for folder in split.aux:
             row = aux_rows.get((folder, shard.shard))
             if row is None:
                 raise ValueError(f"{storage.uri()}: shard {shard.shard} has no {folder}/ folder in the manifest")
-            aux_members[folder] = dict(iterate_shard(storage.read_bytes(row["uri"])))
+            aux_members[folder] = dict(iterate_shard(storage.read_bytes(row.uri)))
         for key, tokens in read_token_shard(storage, shard):
             missing = [folder for folder in split.aux if key not in aux_members[folder]]
             if missing:

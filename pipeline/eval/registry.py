@@ -1,5 +1,8 @@
 """The eval task registry: one `register_task(...)` call declares a task; the runner and the job read only this.
 
+The built-in tasks live in `pipeline.eval.tasks` and register themselves when imported; this module imports none
+of them, and the code that needs the full set (`jobs/evaluate.py`) imports that package.
+
 A task declares what it reads (input modalities, target, its data: a split of the run's token shards or an external
 dataset loader), how it predicts (head kind), what it reports (metrics, each scored against a trivial baseline so
 a number means something) and what it reserves on the cluster. Its `evaluate` function receives a `TaskContext`
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from schemas.evaluate import TaskResources
+from schemas.registry import Registry
 
 if TYPE_CHECKING:
     from pipeline.eval.context import TaskContext
@@ -94,56 +98,30 @@ class Task:
         raise KeyError(f"task {self.name!r} has no metric {name!r}; it has {[m.name for m in self.metrics]}")
 
 
-_TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("eval task")
 
 
 def register_task(task: Task | None = None, /, *, replace: bool = False, **fields: Any) -> Task:
     """Add a task (a `Task`, or its fields as keywords). A name registered twice is an error unless `replace`."""
     task = task if task is not None else Task(**fields)
-    if task.name in _TASKS and not replace:
-        raise ValueError(f"eval task {task.name!r} registered twice")
-    _TASKS[task.name] = task
-    return task
+    return TASKS.register(task.name, task, replace=replace)
 
 
 def unregister_task(name: str) -> None:
-    _TASKS.pop(name, None)
+    TASKS.unregister(name)
 
 
 def get_task(name: str) -> Task:
-    _ensure_builtins()
-    if name not in _TASKS:
-        raise KeyError(f"unknown eval task {name!r}; registered: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 def all_tasks() -> list[Task]:
-    _ensure_builtins()
-    return [_TASKS[name] for name in sorted(_TASKS)]
+    return [TASKS.get(name) for name in sorted(TASKS)]
 
 
 def select_tasks(names: Iterable[str]) -> list[Task]:
-    """('all',) -> every registered built-in task; otherwise the named tasks, in the order given."""
+    """('all',) -> every registered task; otherwise the named tasks, in the order given."""
     names = list(names)
     if names == ["all"]:
-        return [t for t in all_tasks() if t.name in _builtin_names()]
+        return all_tasks()
     return [get_task(name) for name in names]
-
-
-_BUILTINS: set[str] | None = None
-
-
-def _ensure_builtins() -> None:
-    """Import the built-in task modules once, so they register themselves (lazily: they import torch)."""
-    global _BUILTINS
-    if _BUILTINS is None:
-        before = set(_TASKS)
-        _BUILTINS = set()
-        import pipeline.eval.tasks  # noqa: F401  (registers on import)
-
-        _BUILTINS = set(_TASKS) - before
-
-
-def _builtin_names() -> set[str]:
-    _ensure_builtins()
-    return set(_BUILTINS or ())

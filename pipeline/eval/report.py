@@ -1,5 +1,6 @@
 """Results of an evaluate run: `results.parquet` (every row), `results.md` (the table people read), a bar chart of
-model vs baseline per task, and, when several checkpoints of a run were evaluated, one curve per task over steps."""
+model vs baseline per task, and, when several checkpoints were evaluated, curves per task against the tokens seen
+(`curves.png`) and the training FLOPs (`curves_flops.png`), one line per run."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline.data.storage import Storage  # noqa: E402
 
-RESULTS_PARQUET, RESULTS_MD, BARS_PNG, CURVES_PNG = "results.parquet", "results.md", "results.png", "curves.png"
+RESULTS_PARQUET, RESULTS_MD, BARS_PNG = "results.parquet", "results.md", "results.png"
+CURVES_PNG, CURVES_FLOPS_PNG = "curves.png", "curves_flops.png"  # metric vs tokens seen, vs training FLOPs
 
 RESULTS_SCHEMA = pa.schema([
-    ("checkpoint", pa.string()), ("step", pa.int64()), ("task", pa.string()), ("metric", pa.string()),
+    ("checkpoint", pa.string()), ("step", pa.int64()), ("run", pa.string()), ("tokens_seen", pa.float64()),
+    ("flops_seen", pa.float64()), ("task", pa.string()), ("metric", pa.string()),
     ("value", pa.float64()), ("baseline", pa.float64()), ("higher_is_better", pa.bool_()), ("head", pa.string()),
     ("baseline_kind", pa.string()), ("status", pa.string()), ("seconds", pa.float64()),
     ("started_at", pa.float64()), ("finished_at", pa.float64()), ("node", pa.string()),
@@ -94,25 +97,51 @@ def bar_chart(rows: Sequence[dict]) -> bytes:
     return _png(figure)
 
 
-def curve_chart(rows: Sequence[dict]) -> bytes | None:
-    """Metric vs training step, one panel per (task, metric); None unless several checkpoints were evaluated."""
+X_AXES = {"tokens_seen": "tokens seen", "flops_seen": "training FLOPs"}
+
+
+def curve_series(rows: Sequence[dict], x: str = "tokens_seen") -> tuple[str, dict]:
+    """The points of the curve charts: (x-axis label, {(task, metric): {run: [(x, value, baseline), ...]}}), each
+    run's points in x order. x is the checkpoints' cumulative `tokens_seen` or `flops_seen`, so that runs of
+    different sizes compare at equal data or compute; when some checkpoint's run does not record it, every point
+    falls back to the training step (runs then share an axis only if they share a batch size)."""
     ok = [r for r in rows if r["status"] == "ok"]
-    if len({r["checkpoint"] for r in ok}) < 2:
-        return None
-    order = sorted({(r["step"] if r["step"] is not None else -1, r["checkpoint"]) for r in ok})
-    position = {checkpoint: (step if step >= 0 else index) for index, (step, checkpoint) in enumerate(order)}
-    series: dict[tuple[str, str], list[dict]] = {}
+    if all(r.get(x) is not None for r in ok):
+        label, position = X_AXES[x], {id(r): r[x] for r in ok}
+    else:  # checkpoints with no step are placed after each other, in checkpoint order
+        order = sorted({(r["step"] if r["step"] is not None else -1, r["checkpoint"]) for r in ok})
+        step_of = {checkpoint: (step if step >= 0 else index) for index, (step, checkpoint) in enumerate(order)}
+        label, position = "step", {id(r): step_of[r["checkpoint"]] for r in ok}
+    series: dict[tuple[str, str], dict[str, list]] = {}
     for row in ok:
-        series.setdefault((row["task"], row["metric"]), []).append(row)
+        runs = series.setdefault((row["task"], row["metric"]), {})
+        runs.setdefault(row.get("run") or "", []).append((position[id(row)], row["value"], row["baseline"]))
+    for runs in series.values():
+        for points in runs.values():
+            points.sort()
+    return label, series
+
+
+def curve_chart(rows: Sequence[dict], x: str = "tokens_seen") -> bytes | None:
+    """Metric vs tokens (or FLOPs) seen, one panel per (task, metric), one line per run; None unless several
+    checkpoints were evaluated."""
+    if len({r["checkpoint"] for r in rows if r["status"] == "ok"}) < 2:
+        return None
+    label, series = curve_series(rows, x)
+    # runs of several sizes span decades of tokens and compute
+    logarithmic = label != "step" and all(p[0] > 0 for runs in series.values() for ps in runs.values() for p in ps)
     figure, axes = _panels(len(series))
-    for axis, ((task, metric), points) in zip(axes, sorted(series.items())):
-        points.sort(key=lambda r: position[r["checkpoint"]])
-        xs = [position[r["checkpoint"]] for r in points]
-        axis.plot(xs, [r["value"] for r in points], marker="o", label="model")
-        axis.plot(xs, [r["baseline"] for r in points], linestyle="--", color="tab:gray", label="baseline")
-        axis.set_title(f"{task}\n{metric}", fontsize=8)
-        axis.set_xlabel("step", fontsize=7)
-        axis.tick_params(labelsize=7)
+    for axis, ((task, metric), runs) in zip(axes, sorted(series.items())):
+        for index, (run, points) in enumerate(sorted(runs.items())):
+            xs, values, baselines = zip(*points)
+            colour = f"C{index % 10}"
+            axis.plot(xs, values, marker="o", color=colour, label=run or "model")
+            axis.plot(xs, baselines, linestyle="--", color=colour, alpha=0.5)
+        axis.set_title(f"{task}\n{metric} (dashed: baseline)", fontsize=8)
+        axis.set_xlabel(label, fontsize=7)
+        if logarithmic:
+            axis.set_xscale("log")
+        axis.tick_params(which="both", labelsize=6)
     axes[0].legend(fontsize=7)
     return _png(figure)
 
@@ -123,9 +152,11 @@ def write_results(rows: Sequence[dict], out: Storage) -> list[str]:
     pq.write_table(results_table(rows), buffer)
     files = {RESULTS_PARQUET: buffer.getvalue(), RESULTS_MD: markdown_table(rows).encode("utf-8"),
              BARS_PNG: bar_chart(rows)}
-    curves = curve_chart(rows)
+    curves = curve_chart(rows, "tokens_seen")
     if curves is not None:
         files[CURVES_PNG] = curves
+        if curve_series(rows, "flops_seen")[0] != "step":  # else it would repeat curves.png's step fallback
+            files[CURVES_FLOPS_PNG] = curve_chart(rows, "flops_seen")
     for name, payload in files.items():
         out.write_atomic(name, payload)
     return [out.uri(name) for name in files]

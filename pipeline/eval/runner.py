@@ -12,16 +12,14 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import ray
 
 from pipeline.eval.registry import Task
 from schemas.evaluate import EvaluateConfig
-from schemas.preprocess import StorageConfig
-
-RESULT_COLUMNS = ("checkpoint", "step", "task", "metric", "value", "baseline", "higher_is_better", "head",
-                  "baseline_kind", "status", "seconds", "started_at", "finished_at", "node", "error", "traceback")
+from schemas.common import StorageConfig
 
 
 def checkpoint_step(uri: str | None, storage: StorageConfig | None = None) -> int | None:
@@ -32,6 +30,53 @@ def checkpoint_step(uri: str | None, storage: StorageConfig | None = None) -> in
     from pipeline.eval.checkpoint import read_step
 
     return read_step(uri, storage)
+
+
+@dataclass(frozen=True)
+class CheckpointProgress:
+    """Where a checkpoint stands in its run: what charts put on the x axis, so that checkpoints of different sizes
+    at the same step do not fall on one line."""
+
+    run: str  # the run's directory name ("" for no checkpoint)
+    tokens_seen: float | None  # cumulative over all ranks at the checkpoint's step; None when the run does not say
+    flops_seen: float | None
+
+
+def checkpoint_progress(uri: str | None, run_metrics: Callable[[str], Sequence[dict]],
+                        storage: StorageConfig | None = None) -> CheckpointProgress:
+    """The run of a checkpoint and its cumulative tokens and FLOPs at the checkpoint's step.
+
+    A pretrain checkpoint is a directory in its run directory (`RUN_DIR/checkpoint_000004`, Ray Train's layout),
+    an export a `.safetensors` file in some directory; either way `run_metrics(parent)` gives the run's metrics rows
+    (the pretrain job's reader, `pipeline.train.metrics`, which this layer does not import: the caller passes it;
+    no rows where the parent is no run directory). The rows carry `tokens_seen` / `flops_seen` at log steps; a
+    checkpoint between two log steps gets the linear interpolation (both grow by about the same amount every
+    step), one past the last logged row gets None.
+    """
+    if uri is None:
+        return CheckpointProgress("", None, None)
+    run_dir = uri.rstrip("/").rpartition("/")[0] or "."
+    rows = run_metrics(run_dir)
+    step = checkpoint_step(uri, storage)
+    return CheckpointProgress(run_dir.rpartition("/")[2],
+                              *(_cumulative_at(rows, column, step) for column in ("tokens_seen", "flops_seen")))
+
+
+def with_progress(rows: Sequence[dict], run_metrics: Callable[[str], Sequence[dict]],
+                  storage: StorageConfig | None = None) -> list[dict]:
+    """Result rows with their checkpoint's `run`, `tokens_seen` and `flops_seen` (read once per checkpoint)."""
+    checkpoints = {row["checkpoint"] or None for row in rows}
+    progress = {c: asdict(checkpoint_progress(c, run_metrics, storage)) for c in checkpoints}
+    return [{**row, **progress[row["checkpoint"] or None]} for row in rows]
+
+
+def _cumulative_at(rows: Sequence[dict], column: str, step: int | None) -> float | None:
+    # A resumed run repeats the steps after its checkpoint: the later row of a step is the one that counts.
+    logged = {int(row["step"]): float(row[column]) for row in rows if row.get(column) is not None}
+    if step is None or not logged or step > max(logged):
+        return None
+    steps = sorted(logged)
+    return float(np.interp(step, [0, *steps], [0.0, *(logged[s] for s in steps)]))
 
 
 def _node() -> str:
@@ -140,13 +185,13 @@ class RunInventory:
 
     @classmethod
     def of(cls, config: EvaluateConfig, checkpoint: str | None) -> RunInventory:
-        from pipeline.data.inspect import read_manifest
+        from pipeline.data.manifest import read_manifest
         from pipeline.data.storage import Storage
         from pipeline.eval.checkpoint import read_modalities
 
         return cls(
             frozenset(read_modalities(checkpoint, config.storage)) if checkpoint else None,
-            frozenset(row["folder"] for row in read_manifest(Storage(config.data, config.storage)))
+            frozenset(row.folder for row in read_manifest(Storage(config.data, config.storage)))
             if config.data is not None else None,
             frozenset(config.tokenizers))
 

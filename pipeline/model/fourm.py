@@ -111,21 +111,27 @@ class FourM(nn.Module):
         live = ~batch["dec_pad"]
         # One host sync for the whole batch: which modalities have target slots.
         counts = torch.bincount(batch["dec_modality"][live], minlength=len(self.table)).tolist()
-        losses, logits, unused = {}, {}, []
+        if not any(counts):
+            raise ValueError("the batch has no target slots: nothing to predict")
+        # Every head runs on every batch, on zero rows where the batch has none of its targets, and its term enters
+        # the loss at the same place: the backward graph then has the same shape on every rank whatever modalities
+        # each rank's batch holds, so gradients become ready in the same order everywhere. ZeRO-3 reduces its
+        # gradient buckets in that order; an unused head whose term joined the loss elsewhere made ranks disagree
+        # ("Received data size doesn't match expected size", S at batch 1, BENCHMARKS.md).
+        losses, logits, terms = {}, {}, []
         for index, (spec, head) in enumerate(zip(self.table.specs, self.heads)):
-            if not counts[index]:
-                # Keep every head in the graph with a zero-size matmul, so data-parallel gradient reduction sees
-                # the same parameters on every rank whatever modalities each rank's batch holds.
-                unused.append(head(hidden.new_zeros(0, hidden.shape[-1])).sum())
-                continue
             selected = live & (batch["dec_modality"] == index)
             out = head(hidden[selected])
-            losses[spec.name] = F.cross_entropy(out.float(), batch["dec_target"][selected])
-            if return_logits:
-                logits[spec.name] = out
-        if not losses:
-            raise ValueError("the batch has no target slots: nothing to predict")
-        loss = torch.stack(list(losses.values())).mean() + sum(unused, torch.zeros((), device=hidden.device))
+            if counts[index]:
+                losses[spec.name] = F.cross_entropy(out.float(), batch["dec_target"][selected])
+                terms.append(losses[spec.name])
+                if return_logits:
+                    logits[spec.name] = out
+            else:
+                terms.append(out.float().sum())  # exactly zero: no rows
+        # The mean over the modalities present; absent ones add their zero term.
+        weights = torch.tensor([1.0 / len(losses) if c else 1.0 for c in counts], device=hidden.device)
+        loss = (torch.stack(terms) * weights).sum()
         return ModelOutput(loss, losses, logits if return_logits else None)
 
     def _run(self, block: Block, *args) -> torch.Tensor:

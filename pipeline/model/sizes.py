@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from schemas.model import ModelConfig
+from schemas.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -32,18 +33,18 @@ class Dims:
         return (hidden + 63) // 64 * 64
 
 
-SIZES: dict[str, Dims] = {
-    "tiny": Dims(dim=64, encoder_depth=2, decoder_depth=2, heads=4),  # tests and the demo
-    "S": Dims(dim=512, encoder_depth=8, decoder_depth=8, heads=8),  # 4M's fm_small
-    "B": Dims(dim=768, encoder_depth=12, decoder_depth=12, heads=12),  # 4M-B
-    "L": Dims(dim=1024, encoder_depth=24, decoder_depth=24, heads=16),  # 4M-L, ~0.7B
-    "XL": Dims(dim=2048, encoder_depth=24, decoder_depth=24, heads=32),  # 4M-XL
-}
+SIZES: Registry[Dims] = Registry("model size")
+SIZES.register("tiny", Dims(dim=64, encoder_depth=2, decoder_depth=2, heads=4))  # tests and the demo
+SIZES.register("S", Dims(dim=512, encoder_depth=8, decoder_depth=8, heads=8))  # 4M's fm_small
+SIZES.register("B", Dims(dim=768, encoder_depth=12, decoder_depth=12, heads=12))  # 4M-B
+SIZES.register("L", Dims(dim=1024, encoder_depth=24, decoder_depth=24, heads=16))  # 4M-L, ~0.7B
+SIZES.register("XL", Dims(dim=2048, encoder_depth=24, decoder_depth=24, heads=32))  # 4M-XL
 
 
 def resolve(config: ModelConfig) -> Dims:
     """The dimensions a config asks for: its size's, with any field the config sets replacing the size's own."""
-    base = SIZES.get(config.size, SIZES["tiny"])  # `custom` sets all four dimensions (ModelConfig checks)
+    # `custom` sets all four dimensions (ModelConfig checks), so any base will do for it.
+    base = SIZES.get("tiny" if config.size == "custom" else config.size)
     overrides = {k: getattr(config, k) for k in ("dim", "encoder_depth", "decoder_depth", "heads")
                  if getattr(config, k) is not None}
     return replace(base, mlp_ratio=config.mlp_ratio, **overrides)

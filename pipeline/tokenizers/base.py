@@ -24,6 +24,7 @@ from pydantic import Field
 
 from schemas.config import ConfigModel
 from schemas.modalities import TokenizerFamily
+from schemas.registry import Registry
 
 CONFIG_FILE = "tessera.json"
 TOKENIZER_FORMAT = "tessera-tokenizer"
@@ -107,6 +108,11 @@ class Tokenizer(abc.ABC):
     def from_payload(cls: type[T], config: TokenizerConfig, files: Mapping[str, bytes]) -> T:
         """Rebuild the tokenizer from its config and payload files."""
 
+    def member_rows(self, modality: str, payloads: Sequence[bytes]) -> list[np.ndarray]:
+        """Label-shard member bytes of `modality` -> one 1-D id row per member, no padding: what the preprocess
+        tokenize stage stores (see pipeline/tokenizers/members.py). A family with no tokenize stage yet keeps this."""
+        raise NotImplementedError(f"no tokenize stage for the {self.family.value} family yet")
+
     def files(self) -> dict[str, bytes]:
         payload = self.payload_files()
         if sorted(payload) != sorted(self.config.files):
@@ -129,14 +135,14 @@ class Tokenizer(abc.ABC):
         return directory
 
 
-FAMILIES: dict[TokenizerFamily, type[Tokenizer]] = {}
+# Keyed by TokenizerFamily value. The family modules register themselves on import; importing the package
+# `pipeline.tokenizers` imports them all.
+FAMILIES: Registry[type[Tokenizer]] = Registry("tokenizer family", "tokenizer families")
 
 
 def register_family(cls: type[T]) -> type[T]:
-    if cls.family in FAMILIES:
-        raise ValueError(f"two tokenizer classes for family {cls.family.value!r}")
-    FAMILIES[cls.family] = cls
-    return cls
+    """Class decorator: the tokenizer class of `cls.family` (one per family)."""
+    return FAMILIES.register(cls.family.value, cls)
 
 
 def tokenizer_from_files(files: Mapping[str, bytes]) -> Tokenizer:
@@ -147,10 +153,9 @@ def tokenizer_from_files(files: Mapping[str, bytes]) -> Tokenizer:
     missing = [name for name in config.files if name not in files]
     if missing:
         raise ValueError(f"tokenizer {config.tokenizer_id!r} lacks files {missing}")
-    if config.family not in FAMILIES:
-        raise ValueError(f"no tokenizer class for family {config.family.value!r}; known: "
-                         f"{sorted(f.value for f in FAMILIES)}")
-    return FAMILIES[config.family].from_payload(config, {name: files[name] for name in config.files})
+    if config.family.value not in FAMILIES:
+        raise ValueError(f"no tokenizer class for family {config.family.value!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES.get(config.family.value).from_payload(config, {name: files[name] for name in config.files})
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

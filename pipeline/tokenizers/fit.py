@@ -24,7 +24,7 @@ from schemas.modalities import Values, require_implemented
 
 def tokenizer_class(modality: str) -> type[NeuralTokenizer]:
     family = require_implemented(modality).tokenizer
-    cls = FAMILIES.get(family)
+    cls = FAMILIES.get(family.value) if family.value in FAMILIES else None
     if cls is None or not issubclass(cls, NeuralTokenizer):
         raise ValueError(f"{modality} is tokenized by the {family.value} family, which has no trainable network")
     return cls

@@ -27,6 +27,7 @@ from schemas.config import ConfigModel
 from schemas.modalities import get_modality
 
 WEIGHTS_FILE = "model.safetensors"
+MEMBER_BATCH = 64  # samples per forward pass when tokenizing label-shard members
 
 
 class NeuralSettings(ConfigModel):
@@ -99,6 +100,15 @@ class NeuralTokenizer(Tokenizer):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(f"{self.tokenizer_id}: ids outside [0, {self.vocab_size})")
         return self.codec.to_arrays(self.network.decode_ids(ids))
+
+    def member_rows(self, modality: str, payloads: Sequence[bytes]) -> list[np.ndarray]:
+        """Read each member through the codec and run the encoder, MEMBER_BATCH samples at a time."""
+        if self.modality != get_modality(modality).name:
+            raise ValueError(f"{self.tokenizer_id} was trained on {self.modality}, not {modality}")
+        ids = np.zeros((0, self.tokens_per_sample), dtype=np.int32)
+        for start in range(0, len(payloads), MEMBER_BATCH):
+            ids = np.concatenate([ids, self.encode([self.read(p) for p in payloads[start:start + MEMBER_BATCH]])])
+        return list(ids)
 
     def check_shape(self, sample: np.ndarray) -> None:
         """Refuse inputs the network was not built for (a wrong resolution would change the token count)."""

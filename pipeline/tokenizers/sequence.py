@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import numpy as np
 
 from schemas.modalities import TokenizerFamily, get_modality
+from schemas.registry import Registry
 
 if TYPE_CHECKING:
     from pipeline.tokenizers.text import TextTokenizer
@@ -125,7 +126,7 @@ class SequenceSerializer(abc.ABC):
         return self.join(self.elements(record))
 
 
-SERIALIZERS: dict[str, SequenceSerializer] = {}
+SERIALIZERS: Registry[SequenceSerializer] = Registry("sequence serializer")
 
 
 def register_serializer(cls: type[SequenceSerializer]) -> type[SequenceSerializer]:
@@ -134,18 +135,13 @@ def register_serializer(cls: type[SequenceSerializer]) -> type[SequenceSerialize
         raise ValueError(f"register {cls.__name__} under the modality's name {modality.name!r}, not an alias")
     if modality.tokenizer is not TokenizerFamily.WORDPIECE or modality.max_tokens is None:
         raise ValueError(f"modality {modality.name!r} is not a variable-length WordPiece sequence")
-    if modality.name in SERIALIZERS:
-        raise ValueError(f"two serializers for modality {modality.name!r}")
-    SERIALIZERS[modality.name] = cls()
+    SERIALIZERS.register(modality.name, cls())
     return cls
 
 
 def get_serializer(modality: str) -> SequenceSerializer:
     """The serializer of a modality, by name or alias."""
-    name = get_modality(modality).name
-    if name not in SERIALIZERS:
-        raise KeyError(f"no sequence serializer for modality {name!r}; serializers exist for {sorted(SERIALIZERS)}")
-    return SERIALIZERS[name]
+    return SERIALIZERS.get(get_modality(modality).name)
 
 
 def structure_words() -> tuple[str, ...]:

@@ -25,7 +25,14 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordPiece
 
 from pipeline.tokenizers.base import Tokenizer, TokenizerConfig, register_family
-from pipeline.tokenizers.sequence import VALUE_BINS, VALUE_GROUPS, structure_words, value_tokens
+from pipeline.tokenizers.sequence import (
+    VALUE_BINS,
+    VALUE_GROUPS,
+    encode_records,
+    get_serializer,
+    structure_words,
+    value_tokens,
+)
 from schemas.config import ConfigModel
 from schemas.modalities import SHARED_TEXT_VOCAB, TokenizerFamily
 
@@ -198,6 +205,14 @@ class TextTokenizer(Tokenizer):
             text = self._hf.decode([i for i in row if i != self.pad_id], skip_special_tokens=False)
             texts.append(restore_spacing(text))
         return texts
+
+    def member_rows(self, modality: str, payloads: Sequence[bytes]) -> list[np.ndarray]:
+        """Parse each record, write it as text in the shared vocabulary (sequence.py), encode."""
+        serializer = get_serializer(modality)
+        if not payloads:
+            return []
+        ids = encode_records(modality, [serializer.read_payload(p) for p in payloads], self)
+        return [row[row != self.pad_id] for row in ids]  # PAD only ever trails: rows are stored at their own length
 
     def payload_files(self) -> dict[str, bytes]:
         return {TOKENIZER_FILE: self._tokenizer_json}

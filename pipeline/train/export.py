@@ -6,7 +6,7 @@ import json
 
 from pipeline.data.storage import Storage
 from schemas.export import MODEL_JSON, WEIGHTS, sidecar_name
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 
 def export_checkpoint(checkpoint: str, out: str, storage: StorageConfig | None = None) -> dict:

@@ -1,9 +1,11 @@
 """A pretrain run's metrics in its run directory (local or s3://): `metrics.jsonl`, TensorBoard events under `tb/`,
-and the driver's `loss.png`. Written through `Storage`, so they land beside the checkpoints wherever rank 0 runs."""
+and the driver's loss plots. Written through `Storage`, so they land beside the checkpoints wherever rank 0 runs;
+progress lines go to the console (`print_progress`)."""
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,11 +13,28 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.storage import Storage
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 METRICS = "metrics.jsonl"
 EVENTS = "tb"  # `tensorboard --logdir RUN_DIR/tb`
 PLOT = "loss.png"
+# The x axes a loss curve can have: a metrics row's column for each. Runs of different sizes compare against tokens
+# or FLOPs, not steps.
+X_AXES = {"step": "step", "tokens": "tokens_seen", "flops": "flops_seen"}
+# TensorBoard steps are int64: FLOPs pass 9.2e18 in a large run, so the FLOPs axis counts GFLOPs.
+BY = {"by_tokens": ("tokens_seen", 1), "by_gflops": ("flops_seen", 1e9)}
+
+
+def print_progress(line: str) -> None:
+    """A progress line from a Ray Train worker, printed once. Ray Train V2 swaps `print` in its workers for one that,
+    because Ray has replaced sys.stdout there, both prints and logs to the console: every line reached the driver
+    twice. The process's own stdout passes through that patch untouched and is still forwarded to the driver (and a
+    submitted job's log), without turning off Ray's capture of everything else."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
+def plot_name(x: str) -> str:
+    return PLOT if x == "step" else f"loss_by_{x}.png"
 
 
 class RunMetrics:
@@ -44,6 +63,12 @@ class RunMetrics:
                     self.events.add_scalar(f"peak_rss_gib/rank{rank}", gib, step)
             elif name != "step":
                 self.events.add_scalar(name.replace("loss_", "loss/"), value, step)
+        # The losses again against tokens and FLOPs seen, so that runs of different sizes share an x axis.
+        for prefix, (column, unit) in BY.items():
+            if column in report:
+                for name, value in report.items():
+                    if "loss" in name:
+                        self.events.add_scalar(f"{prefix}/{name}", value, int(report[column] / unit))
         if flush or time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()
 
@@ -64,24 +89,35 @@ def read_metrics(uri: str | Path, storage: StorageConfig | None = None) -> list[
     return [json.loads(line) for line in files.read_bytes(name).decode().splitlines()]
 
 
-def plot_loss(metrics: list[dict], run: Storage) -> None:
-    """loss.png in the run directory: the total loss and each modality's."""
+def plot_loss(metrics: list[dict], run: Storage, x: str = "step") -> str:
+    """The total training loss and each modality's, and the held-out losses where validated, against `x` (step,
+    tokens or flops: `X_AXES`), as a PNG in the run directory; returns its name (`plot_name(x)`). Rows without the
+    x column (older runs) are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = np.array([m["step"] for m in metrics])
+    column = X_AXES[x]
+    metrics = [m for m in metrics if column in m]
+    xs = np.array([m[column] for m in metrics], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [m["loss"] for m in metrics], label="loss", linewidth=2)
+    ax.plot(xs, [m["loss"] for m in metrics], label="loss", linewidth=2)
     for name in sorted({k for m in metrics for k in m if k.startswith("loss_")}):
-        ax.plot(steps, [m.get(name, np.nan) for m in metrics], label=name[5:], alpha=0.6)
-    ax.set_xlabel("step")
+        ax.plot(xs, [m.get(name, np.nan) for m in metrics], label=name[5:], alpha=0.6)
+    validated = [(value, m["val_loss"]) for value, m in zip(xs, metrics) if "val_loss" in m]
+    if validated:
+        ax.plot(*zip(*validated), "o--", color="black", label="held-out", linewidth=1.5)
+    ax.set_xlabel(column.replace("_", " "))
+    if x != "step":
+        ax.set_xscale("log")
     ax.set_ylabel("cross-entropy")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    name = plot_name(x)
     with tempfile.TemporaryDirectory() as scratch:
-        fig.savefig(f"{scratch}/{PLOT}", dpi=120)
-        run.write_atomic(PLOT, Path(scratch, PLOT).read_bytes())
+        fig.savefig(f"{scratch}/{name}", dpi=120)
+        run.write_atomic(name, Path(scratch, name).read_bytes())
     plt.close(fig)
+    return name

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pipeline.data.storage import arrow_filesystem
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 
 class TrainerSettings(Protocol):

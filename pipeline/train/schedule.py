@@ -18,3 +18,12 @@ def lr_factor(step: int, total: int, optim: OptimConfig) -> float:
     if step < decay_start:
         return 1.0
     return 1.0 - (1 - floor) * (step - decay_start) / max(1, total - decay_start)
+
+
+def apply_lr(optimizer, step: int, total: int, optim: OptimConfig) -> float:
+    """Set the LR of optimizer step `step` (0-based) on every parameter group, by hand: DeepSpeed's and torch's
+    schedulers count calls, which a resumed run would have to replay, while this follows from the step alone."""
+    lr = optim.lr * lr_factor(step, total, optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr

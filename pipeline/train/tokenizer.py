@@ -13,14 +13,20 @@ codebook usage and perplexity, history), `reconstructions.png` and `loss.png`.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.train.loop import _first_failure, print_progress  # shared with pretraining
+import pydantic
+
+from pipeline.train.callbacks import StepCallback, StepEnd, notify
+from pipeline.train.checkpoint import report_checkpoint, restored_checkpoint
+from pipeline.train.metrics import print_progress
 from pipeline.train.ray_trainer import build_trainer
-from pipeline.train.schedule import lr_factor
+from pipeline.train.schedule import apply_lr
+from pipeline.train.step import Cadence
+from schemas.config import ConfigError
 from schemas.train_tokenizer import TrainTokenizerConfig
 
 STATE = "train_state.json"
@@ -46,17 +52,16 @@ def tokenizer_train_loop(loop_config: dict) -> None:
     tokenizer = tokenizer_from_files(loop_config["files"])
     network, codec = tokenizer.network.train(), tokenizer.codec
     step, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
     optimizer_state = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    with restored_checkpoint() as directory:
+        if directory is not None:
             network.load_state_dict(tokenizer_from_files(_files(directory, loop_config["files"])).network
                                     .state_dict())
             optimizer_state = torch.load(Path(directory, OPTIMIZER), weights_only=True)  # written by this job
             state = json.loads(Path(directory, STATE).read_text())
             step, history = state["step"], state["history"]
-        if rank == 0:
-            print_progress(f"resumed from step {step}")
+            if rank == 0:
+                print_progress(f"resumed from step {step}")
     if world > 1 and isinstance(network.quantizer, VectorQuantizer):
         def all_reduce(tensor: torch.Tensor) -> torch.Tensor:  # EMA statistics over every rank's latents
             dist.all_reduce(tensor)
@@ -76,10 +81,11 @@ def tokenizer_train_loop(loop_config: dict) -> None:
     started = time.perf_counter()
     trained_before = history[-1]["train_seconds"] if history else 0.0
     window_start, window_ids = time.perf_counter(), []
+    cadence = Cadence(config.steps, config.log_every, config.checkpoint_every)
+    callbacks = loop_config.get("callbacks", ())
     while step < config.steps:
         arrays = next(stream)
-        for group in optimizer.param_groups:
-            group["lr"] = config.optim.lr * lr_factor(step, config.steps, config.optim)
+        apply_lr(optimizer, step, config.steps, config.optim)
         loss, reconstruction, bottleneck, ids = objective(codec.to_input(arrays).to(device),
                                                           codec.target(arrays).to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -90,10 +96,7 @@ def tokenizer_train_loop(loop_config: dict) -> None:
         window_ids.append(ids.detach().cpu())
         elapsed = trained_before + time.perf_counter() - started
         stop = _time_is_up(config, elapsed, world, dist, torch)
-        if loop_config.get("fail_at_step") == step and rank == world - 1 and _first_failure(loop_config):
-            os._exit(1)  # a test hook: a worker dying mid-run
-        last = step == config.steps or stop
-        if step % config.log_every == 0 or last:
+        if cadence.logs_at(step, last=stop):
             seconds = time.perf_counter() - window_start
             usage = codebook_stats(torch.cat(window_ids), tokenizer.vocab_size)
             record = {"step": step, "loss": float(loss.detach()), "reconstruction": float(reconstruction),
@@ -107,8 +110,9 @@ def tokenizer_train_loop(loop_config: dict) -> None:
                 print_progress(f"step {step:>6}/{config.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                                f"{record['samples_per_s']:,.0f} samples/s codes used {usage['usage']:.0%} "
                                f"({elapsed / 60:.1f} min)")
-        if step % config.checkpoint_every == 0 or last:
-            _report(tokenizer, optimizer, step, history, rank, config)
+        if cadence.checkpoints_at(step, last=stop):
+            _report(tokenizer, optimizer, step, history, rank)
+        notify(callbacks, StepEnd(step, rank, world))
         if stop:
             break
 
@@ -123,27 +127,27 @@ def _time_is_up(config: TrainTokenizerConfig, elapsed: float, world: int, dist, 
     return bool(flag.item())
 
 
-def _report(tokenizer, optimizer, step: int, history: list[dict], rank: int, config: TrainTokenizerConfig) -> None:
-    import ray.train
+def _report(tokenizer, optimizer, step: int, history: list[dict], rank: int) -> None:
     import torch
 
     metrics = {"step": step, **{k: v for k, v in history[-1].items() if k != "step"}} if history else {"step": step}
-    if rank != 0:  # DDP keeps every rank's weights identical: rank 0's copy is the checkpoint
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="tessera-tokenizer-ckpt-") as directory:
-        tokenizer.save(directory)
+
+    def write(directory: Path) -> None:
+        tokenizer.save(str(directory))
         torch.save(optimizer.state_dict(), Path(directory, OPTIMIZER))
         Path(directory, STATE).write_text(json.dumps({"step": step, "history": history}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    # DDP keeps every rank's weights identical: rank 0's copy is the checkpoint
+    report_checkpoint(metrics, write if rank == 0 else None)
 
 
 def _files(directory: str, like: dict[str, bytes]) -> dict[str, bytes]:
     return {name: Path(directory, name).read_bytes() for name in like}
 
 
-def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = None) -> dict:
-    """Train, score on the held-out split and write the tokenizer with its metrics and plots; returns a summary."""
+def run_train_tokenizer(config: TrainTokenizerConfig, callbacks: Sequence[StepCallback] = ()) -> dict:
+    """Train, score on the held-out split and write the tokenizer with its metrics and plots; returns a summary.
+    `callbacks` run on every worker after every optimizer step (`pipeline/train/callbacks.py`)."""
     from pipeline.data.label_stream import iter_split
     from pipeline.data.storage import Storage
     from pipeline.tokenizers import load_tokenizer
@@ -151,7 +155,7 @@ def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = 
     from pipeline.tokenizers.fit import new_tokenizer
 
     if not (config.modality and config.input):
-        raise ValueError("train_tokenizer needs --modality and --input (label shards)")
+        raise ConfigError("train_tokenizer needs --modality and --input (label shards)")
     labels = Storage(config.input, config.storage)
 
     def read(payload: bytes):
@@ -159,16 +163,20 @@ def run_train_tokenizer(config: TrainTokenizerConfig, test_hooks: dict | None = 
 
     fit = [a for _, a in iter_split(labels, config.modality, read, holdout=config.holdout_fraction, held_out=False,
                                     limit=config.fit_samples)]
-    kind = config.model.get("quantizer", {}).get("kind", "fsq")
+    kind = (config.model.quantizer and config.model.quantizer.kind) or "fsq"
     tokenizer_id = config.tokenizer_id or f"{config.modality}-{kind}"
-    tokenizer = new_tokenizer(config.modality, tokenizer_id, fit, config.model)
+    try:
+        tokenizer = new_tokenizer(config.modality, tokenizer_id, fit, config.model.settings())
+    except pydantic.ValidationError as exc:  # a key or value the modality's family does not take
+        raise ConfigError(f"model: {exc}") from None
     # Without --output the tokenizer goes where preprocess looks names up (`tokenizers={rgb: rgb-fsq}`).
     config = config.model_copy(update={"output": config.output or f"tokenizers/{tokenizer_id}"})
     print(f"train_tokenizer {config.run_name}: {tokenizer.tokenizer_id} ({type(tokenizer).__name__}, "
           f"{sum(p.numel() for p in tokenizer.network.parameters()):,} parameters, {tokenizer.tokens_per_sample} "
           f"tokens of {tokenizer.vocab_size} codes) on {config.workers} worker(s), {config.steps} steps", flush=True)
     # The typed config itself, not a JSON dump: a dump masks the storage credentials the workers read with.
-    trainer = build_trainer(tokenizer_train_loop, {"config": config, "files": tokenizer.files(), **(test_hooks or {})},
+    trainer = build_trainer(tokenizer_train_loop,
+                            {"config": config, "files": tokenizer.files(), "callbacks": list(callbacks)},
                             config.run_name, config)
     result = trainer.fit()
     with result.checkpoint.as_directory() as directory:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pipeline.data.inspect import iter_members
 from pipeline.data.storage import Storage
 from pipeline.tokenizers import train_wordpiece
+from schemas.config import ConfigError
 from schemas.modalities import SHARED_TEXT_VOCAB
 from schemas.train_tokenizer import TrainTokenizerConfig
 
@@ -18,15 +19,17 @@ def run_train_wordpiece(config: TrainTokenizerConfig) -> dict:
 
     `model.vocab_size` (default: the registry's shared vocabulary size) counts every id; a small corpus stops below.
     """
-    extra = set(config.model) - {"vocab_size", "min_frequency"}
+    extra = set(config.model.settings()) - {"vocab_size", "min_frequency"}
     if extra:
-        raise ValueError(f"the wordpiece family takes model.vocab_size and model.min_frequency; unknown: {sorted(extra)}")
+        raise ConfigError("the wordpiece family takes model.vocab_size and model.min_frequency; "
+                          f"unknown: {sorted(extra)}")
     labels = Storage(config.input, config.storage)
     texts = [payload.decode("utf-8") for _, payload in iter_members(labels, config.modality)]
     if not texts:
         raise ValueError(f"{labels.uri()} holds no {config.modality!r} members to train a vocabulary on")
-    tokenizer = train_wordpiece(texts, vocab_size=config.model.get("vocab_size", SHARED_TEXT_VOCAB),
-                                min_frequency=config.model.get("min_frequency", 2))
+    model = config.model
+    tokenizer = train_wordpiece(texts, vocab_size=model.vocab_size or SHARED_TEXT_VOCAB,
+                                min_frequency=2 if model.min_frequency is None else model.min_frequency)
     # The default is where preprocess looks the bare name up (`tokenizers={caption: wordpiece}`).
     out = Storage(config.output or "tokenizers/wordpiece", config.storage)
     for name, data in tokenizer.files().items():

@@ -1,4 +1,5 @@
-"""The labeler interface and registry.
+"""The labeler interface and registry (the plug-ins, one module per family, register on import; the package
+`pipeline.data.labelers` imports them all).
 
 A labeler turns a batch of decoded samples into one payload per sample for its modality: the bytes of the tar
 member `<key>.<ext>` (ext from the modality registry). Cheap labelers run inside the decode tasks; model-based ones
@@ -11,7 +12,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from schemas.preprocess import LabelerConfig, StorageConfig
+
+from schemas.common import StorageConfig
+from schemas.preprocess import LabelerConfig
+from schemas.registry import Registry
 
 
 @dataclass
@@ -48,17 +52,14 @@ class Labeler:
         return payloads
 
 
-LABELERS: dict[str, type[Labeler]] = {}
+LABELERS: Registry[type[Labeler]] = Registry("labeler")
 
 
 def register_labeler(cls: type[Labeler]) -> type[Labeler]:
-    if cls.modality in LABELERS:
-        raise ValueError(f"two labelers for modality {cls.modality!r}")
-    LABELERS[cls.modality] = cls
-    return cls
+    """Class decorator: the labeler of `cls.modality` (one per modality)."""
+    return LABELERS.register(cls.modality, cls)
 
 
 def get_labeler(modality: str) -> type[Labeler]:
-    if modality not in LABELERS:
-        raise KeyError(f"no labeler produces modality {modality!r}; labelers exist for {sorted(LABELERS)}")
-    return LABELERS[modality]
+    """The labeler class of a modality; import `pipeline.data.labelers` first so that every built-in one is known."""
+    return LABELERS.get(modality)

@@ -22,7 +22,8 @@ from pipeline.data.encoding import encode_npy, encode_png
 from pipeline.data.labelers.base import DecodedBatch, Labeler
 from pipeline.data.labelers.weights import required_weights, resolve_weights
 from schemas.modalities import get_modality
-from schemas.preprocess import LabelerConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import LabelerConfig
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample ids, as image processors save them

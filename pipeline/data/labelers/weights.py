@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.data.storage import Storage
-from schemas.preprocess import LabelerConfig, StorageConfig
+from schemas.common import StorageConfig
+from schemas.preprocess import LabelerConfig
 
 CACHE_ROOT = Path(tempfile.gettempdir()) / "tessera-weights"
 

@@ -21,7 +21,7 @@ from pipeline.data.sample_corpus.scenes import BACKGROUNDS, COLORS, SHAPES, SIZE
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import tar_bytes
 from schemas.corpus import CORPUS_SHARD_DIGITS, SampleCorpusConfig
-from schemas.preprocess import StorageConfig
+from schemas.common import StorageConfig
 
 CORPUS_FILE = "corpus.json"
 CORPUS_FORMAT = "tessera-sample-corpus"

@@ -1,4 +1,4 @@
-"""Built-in eval tasks: importing this package registers them (see pipeline/eval/registry.py)."""
+"""Built-in eval tasks: importing this package registers them all in pipeline/eval/registry.py's `TASKS`."""
 
 from pipeline.eval.tasks import decoding  # noqa: F401,E402
 from pipeline.eval.tasks import digits  # noqa: F401,E402

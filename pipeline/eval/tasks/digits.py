@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.eval.context import TaskContext, in_score_set
+from pipeline.eval.context import TaskContext
 from pipeline.eval.heads import fit_probe
 from pipeline.eval.metrics import classification_accuracy, majority_class
 from pipeline.eval.registry import ExternalDataset, HeadKind, Metric, Score, register_task
+from schemas.keys import in_holdout
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def evaluate_digits(ctx: TaskContext) -> list[Score]:
     tokens = tokenizer.encode(as_rgb(images, tokenizer.input_resolution))
     rows = [{task.inputs[0]: tokens[i:i + 1]} for i in range(len(tokens))]
     features = ctx.model.pooled_features(rows, task.inputs, probe.batch_size)
-    score = np.array([in_score_set(f"digit_{i:05d}", probe.test_fraction) for i in range(len(labels))])
+    score = np.array([in_holdout(f"digit_{i:05d}", probe.test_fraction) for i in range(len(labels))])
     predict = fit_probe(features[~score], labels[~score], task.head, probe, device=ctx.model.device)
     accuracy = classification_accuracy(predict(features[score]), labels[score])
     baseline = classification_accuracy(np.full(score.sum(), majority_class(labels[~score])), labels[score])

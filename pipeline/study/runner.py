@@ -1,0 +1,136 @@
+"""Run a study on the connected Ray cluster: Ray Tune schedules the runs, each trial is one pretrain run.
+
+Each Tune trial is a driver (Ray Train V2's pattern for Train inside Tune): it calls `run_pretrain`, whose
+TorchTrainer places the run's workers, then evaluates the final checkpoint if the spec asks. A trial reserves no
+CPU itself; `max_concurrent_trials` keeps as many runs in flight as the cluster holds, so that no run's workers
+wait on another's. The experiment lives in the study folder, so a rerun restores it (`Tuner.restore`): finished
+runs are skipped, runs in flight when the driver died start again and `run_pretrain` resumes each from its latest
+checkpoint (same run name, same directory), and failed runs are retried. Tune retries a failing run
+`resources.retries` times; after that the run is recorded as failed with its error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+from pipeline.data.storage import Storage, arrow_filesystem
+from pipeline.study.plan import PlannedRun, concurrency, plan_study, run_config
+from pipeline.study.records import RUNS, TUNE, claim_folder, error_line, finish_attempt, mark_failed, start_attempt
+from pipeline.study.results import latest_loss, results_table, run_metrics, write_results
+from schemas.study import StudySpec
+
+# Tune will not schedule a trial that asks for nothing; one byte of the `memory` resource is the smallest real ask
+# (a CPU, even a fraction of one, would be taken from the runs' workers).
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+
+
+def run_trial(config: dict, *, spec: StudySpec, study_root: str) -> None:
+    """One Tune trial: train (or resume) the run `config["run"]`, evaluate it, record the outcome."""
+    from ray import tune
+
+    from pipeline.train.trainer import run_pretrain
+
+    run = {r.run_id: r for r in plan_study(spec)}[config["run"]]
+    study = Storage(study_root, spec.pretrain.storage)
+    record = start_attempt(study, run.run_id)
+    try:
+        summary = run_pretrain(run_config(spec, run, storage_path=study.uri(RUNS)))
+        evaluation = evaluate_run(spec, run, summary["checkpoint"], study) if spec.evaluation.tasks else {}
+    except Exception as exc:  # recorded, then raised again: Tune decides whether to retry
+        finish_attempt(study, record, error=f"{type(exc).__name__}: {exc}")
+        raise
+    record = finish_attempt(study, record, evaluation=evaluation)
+    step, loss = latest_loss(run_metrics(study, run.run_id))
+    tune.report({"step": step, "val_loss": loss, "seconds": record.seconds})
+
+
+def evaluate_run(spec: StudySpec, run: PlannedRun, checkpoint: str, study: Storage) -> dict[str, float]:
+    """The spec's evaluation tasks on the run's final checkpoint, one column per (task, metric)."""
+    import pipeline.eval.tasks  # noqa: F401  (the built-in tasks register themselves on import)
+    from pipeline.eval.registry import select_tasks
+    from pipeline.eval.runner import run_evaluation
+    from pipeline.train.export import export_checkpoint
+    from schemas.evaluate import EvaluateConfig
+
+    exported = study.uri(f"{RUNS}/{run.run_id}/export/model.safetensors")
+    export_checkpoint(checkpoint, exported, spec.pretrain.storage)
+    config = EvaluateConfig(checkpoints=(exported,), tasks=spec.evaluation.tasks, data=spec.data,
+                            out=study.uri(f"{RUNS}/{run.run_id}/eval"), tokenizers=spec.evaluation.tokenizers,
+                            probe=spec.evaluation.probe, storage=spec.pretrain.storage)
+    rows = run_evaluation(config, select_tasks(config.tasks), [exported], progress=lambda _: None)
+    failed = [f"{r['task']}: {error_line(r['error'] or '')}" for r in rows if r["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"evaluation failed: {'; '.join(failed)}")
+    return {f"eval_{r['task']}_{r['metric']}": float(r["value"]) for r in rows}
+
+
+def _progress_callback(total: int, progress: Callable[[str], None]):
+    """A Tune callback printing a line when a run starts, finishes (with its latest loss), is retried or fails."""
+    from ray import tune
+
+    class StudyProgress(tune.Callback):
+        def _counts(self, trials) -> str:
+            done = sum(t.status == "TERMINATED" for t in trials)
+            return f"[{done}/{total} done, {sum(t.status == 'RUNNING' for t in trials)} running]"
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            progress(f"{self._counts(trials)} started {trial.config['run']}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            loss = result.get("val_loss")
+            progress(f"{self._counts(trials)} done {trial.config['run']} in {result.get('seconds', 0):.0f} s: "
+                     f"step {result.get('step')}, val_loss {loss:.4f}" if loss is not None else
+                     f"{self._counts(trials)} done {trial.config['run']}")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            progress(f"{self._counts(trials)} retrying {trial.config['run']} after an error")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            progress(f"{self._counts(trials)} FAILED {trial.config['run']} (retries spent)")
+
+    return StudyProgress()
+
+
+def run_study(spec: StudySpec, storage: Storage, *, cluster_resources: dict[str, float],
+              progress: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or resume) every run of the study in `storage` (the study folder) on the spec's data; returns the
+    results table, which is also written there. Needs a Ray connection."""
+    from ray import tune
+
+    if not spec.data:
+        raise ValueError("data: a study trains on token shards; set data in the spec or pass --data URI")
+    claim_folder(storage, spec)
+    runs = plan_study(spec)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, study_root=storage.uri()),
+                                    TRIAL_RESOURCES)
+    # Tune reaches s3:// through pyarrow, with the study's endpoint and credentials and a path without the scheme.
+    filesystem = arrow_filesystem(spec.pretrain.storage) if storage.is_remote else None
+    root = storage.root.partition("://")[2] if filesystem is not None else storage.root
+    experiment = f"{root}/{TUNE}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        progress(f"resuming the study in {storage.uri()}: finished runs are kept, the others resume or restart")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=True, storage_filesystem=filesystem)
+    else:
+        slots = concurrency(spec, cluster_resources)
+        progress(f"{len(runs)} runs, {slots} at a time, in {storage.uri()}")
+        # Longest first, so that the last runs to start are short ones (the plan's makespan assumes this order).
+        order = [r.run_id for r in sorted(runs, key=lambda r: -r.est_seconds)]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run": tune.grid_search(order)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=slots),
+            run_config=tune.RunConfig(
+                name=TUNE, storage_path=root, storage_filesystem=filesystem, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.resources.retries),
+                callbacks=[_progress_callback(len(runs), progress)]))
+    grid = tuner.fit()
+    for result in grid:
+        if result.error is not None:
+            mark_failed(storage, result.config["run"], f"{type(result.error).__name__}: {result.error}")
+    table = results_table(spec, storage)
+    write_results(storage, table)
+    return table
