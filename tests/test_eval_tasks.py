@@ -131,7 +131,6 @@ def sample_output(tmp_path_factory, ray_session):
     from pipeline.tokenizers import train_wordpiece
     from schemas.config import load_config
     from schemas.corpus import SampleCorpusConfig
-    from schemas.common import 
     from schemas.preprocess import PreprocessConfig
 
     root = tmp_path_factory.mktemp("eval-sample")

@@ -238,7 +238,6 @@ def test_reads_what_the_real_tokenize_stage_writes(tmp_path, ray_session):
     from pipeline.tokenizers import train_wordpiece
     from schemas.config import load_config
     from schemas.corpus import SampleCorpusConfig
-    from schemas.common import 
     from schemas.preprocess import PreprocessConfig
 
     write_corpus(SampleCorpusConfig(out=str(tmp_path / "corpus"), samples=24, image_size=48, samples_per_shard=8))

@@ -94,8 +94,15 @@ def _progress_callback(total: int, progress: Callable[[str], None]):
     return StudyProgress()
 
 
+def print_line(line: str) -> None:
+    """The default progress sink. A function of this module, not `print` itself: Tune pickles its callbacks, and once
+    Ray Train has replaced `builtins.print` in a driver (the demo trains before its study) the original `print`
+    object no longer pickles by name."""
+    print(line, flush=True)
+
+
 def run_study(spec: StudySpec, storage: Storage, *, cluster_resources: dict[str, float],
-              progress: Callable[[str], None] = print) -> pd.DataFrame:
+              progress: Callable[[str], None] = print_line) -> pd.DataFrame:
     """Run (or resume) every run of the study in `storage` (the study folder) on the spec's data; returns the
     results table, which is also written there. Needs a Ray connection."""
     from ray import tune
