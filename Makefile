@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv clean
+.PHONY: demo test chaos venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Fault injection on a local multi-node cluster (bench/chaos.py; not part of `test`, ~minutes on 2 cores).
+chaos: $(STAMP)
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

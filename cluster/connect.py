@@ -4,7 +4,8 @@ Every job goes through `connect` (or `connected`) so that two rules hold everywh
 
 - no address means a new local instance. Plain `ray.init()` would instead join whatever it finds through
   RAY_ADDRESS or /tmp/ray/ray_current_cluster, so a job could land on a stray cluster by accident;
-- Ray token authentication stays on (RAY_AUTH_MODE=token), for local instances and remote clusters alike.
+- Ray token authentication stays on (RAY_AUTH_MODE=token), for local instances and remote clusters alike;
+- a private instance listens on 127.0.0.1 only (cluster/loopback.py), unless the job asks for all interfaces.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Literal, TypedDict
 
 import ray
+
+from cluster.loopback import LOOPBACK, keep_loopback
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -93,11 +96,13 @@ def connect(
     *,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
+    listen_all_interfaces: bool = False,
 ) -> ClusterSummary:
     """Connect this driver to Ray and return a summary to print.
 
     address: a cluster's GCS address ("host:port") or "auto" to join a running cluster; None or "local" to start
     a private local instance sized by num_cpus / object_store_memory (bytes), whatever RAY_ADDRESS says.
+    listen_all_interfaces: let that private instance's ports listen on every interface, not 127.0.0.1 only.
     If the process is already connected, that connection is reused, unless `address` names another cluster.
     """
     if ray.is_initialized():
@@ -105,6 +110,7 @@ def connect(
         if address not in (None, "auto", "local", current):
             raise RuntimeError(f"already connected to Ray at {current}, not {address}; call ray.shutdown() first")
         return summarize("existing")
+    keep_loopback()  # also for joining: "127.0.0.1:PORT" must reach a cluster that listens on loopback only
     if address in (None, "local"):
         require_token_auth(create_token=True)
         # "local" (not None) is what keeps ray.init from following RAY_ADDRESS or the last `ray start`.
@@ -115,11 +121,14 @@ def connect(
             # On, on localhost only: the dashboard serves the State API, which Ray Train's placement-group cleaner
             # polls (without it, it warns every few seconds) and `ray list ...` reads.
             include_dashboard=True,
-            dashboard_host="127.0.0.1",
+            dashboard_host=LOOPBACK,
+            # The node's address decides where all its other ports listen (cluster/loopback.py).
+            _node_ip_address=None if listen_all_interfaces else LOOPBACK,
         )
         return summarize("local")
-    if num_cpus is not None or object_store_memory is not None:
-        raise ValueError("num_cpus and object_store_memory size a local instance; a running cluster has its own")
+    if num_cpus is not None or object_store_memory is not None or listen_all_interfaces:
+        raise ValueError("num_cpus, object_store_memory and listen_all_interfaces shape a local instance; "
+                         "a running cluster has its own")
     require_token_auth(create_token=False)
     ray.init(address=address)
     return summarize("remote")
@@ -131,10 +140,12 @@ def connected(
     *,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
+    listen_all_interfaces: bool = False,
 ) -> Iterator[ClusterSummary]:
     """`connect`, then on exit undo only what it did: stop the local instance it started, or drop the connection
     it opened; a connection that existed before is left alone."""
-    summary = connect(address, num_cpus=num_cpus, object_store_memory=object_store_memory)
+    summary = connect(address, num_cpus=num_cpus, object_store_memory=object_store_memory,
+                      listen_all_interfaces=listen_all_interfaces)
     try:
         yield summary
     finally:

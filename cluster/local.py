@@ -5,6 +5,7 @@ exactly this cluster's processes, never another Ray instance on the machine. The
 kept in `<state dir>/state.json`, so `down` and `status` also work from another process:
 
     python -m cluster.local up --nodes 2 [--cpus-per-node 1] [--object-store-mb 200] [--state-dir DIR]
+                               [--listen-all-interfaces]
     python -m cluster.local status [--state-dir DIR]
     python -m cluster.local down [--state-dir DIR]
 """
@@ -16,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +25,16 @@ from pathlib import Path
 
 import psutil
 
+from cluster.command import run_command
 from cluster.connect import AUTH_MODE_ENV, TOKEN_PATH_ENV, require_token_auth
+from cluster.loopback import LOOPBACK, free_ports
 from cluster.processes import CAN_DIE_WITH_PARENT, NodeProcess, die_with_parent, stop_processes
 
 DEFAULT_STATE_DIR = Path(".tessera/cluster")
 HEAD = "head"
 MIB = 1024 * 1024
 MIN_OBJECT_STORE_MB = 75  # ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES
+GCS_WAIT_S = 180
 # A node's unix sockets live at <temp root>/<node>/session_<date>_<pid>/sockets/plasma_store: about 75 bytes
 # past the root, and a socket path must fit in 107. Hence a root in /tmp, not under the state dir.
 MAX_TEMP_ROOT_CHARS = 32
@@ -46,6 +49,9 @@ class ClusterSpec:
     head_cpus: int = 0  # tasks go to workers; the head runs GCS, dashboard and the drivers that attach to it
     object_store_mb: int = 200  # per node; Ray's minimum is 75
     dashboard: bool = True  # bound to 127.0.0.1 either way
+    # False: every other port of every node listens on 127.0.0.1 (cluster/loopback.py). Still True by default: with
+    # loopback nodes, a job submitted through the Jobs API hangs at its package upload (issue 20, hole 10, open).
+    listen_all_interfaces: bool = True
     # Ray declares a node dead after 5 missed health checks, 3 s apart by default: 15 s. Probing every second
     # is cheap on one machine; a busy but alive raylet is still judged by the RPC timeout, not by the period.
     health_check_period_ms: int = 1000
@@ -162,12 +168,17 @@ class LocalCluster:
 
     def wait_for_nodes(self, timeout_s: float) -> None:
         """Wait until every node not killed is alive in Ray; raise with the failing node's log if one exits."""
+        from ray.exceptions import RpcError
+
         expected = {name for name, node in self.nodes.items() if not node.killed}
         deadline = time.monotonic() + timeout_s
         while True:
             for name in expected:
                 self._check_running(self.nodes[name])
-            states = self.node_states()
+            try:
+                states = self.node_states()
+            except RpcError:  # the GCS answers late on a loaded machine; the deadline, not one RPC, decides
+                states = {}
             if all(states.get(name) for name in expected):
                 return
             if time.monotonic() > deadline:
@@ -206,9 +217,9 @@ class LocalCluster:
     # -- starting nodes -------------------------------------------------------------------------------------
 
     def _start_head(self, timeout_s: float, attempts: int = 3) -> None:
-        """Start the head; a port taken between picking and binding it (see _free_ports) costs one more try."""
+        """Start the head; a port taken between picking and binding it (see free_ports) costs one more try."""
         for attempt in range(1, attempts + 1):
-            gcs_port, client_port, dashboard_port = _free_ports(3)
+            gcs_port, client_port, dashboard_port = free_ports(3)
             args = [
                 "--head",
                 f"--port={gcs_port}",
@@ -255,7 +266,8 @@ class LocalCluster:
         temp_dir = self.temp_root / name  # one per node: concurrent starts in one dir race for socket names
         log_path = self.state_dir / f"{name}.log"
         command = [
-            sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+            sys.executable, "-m", "cluster.loopback", "start", "--block",  # Ray's `ray start`, loopback kept
+            *([] if self.spec.listen_all_interfaces else [f"--node-ip-address={LOOPBACK}"]),
             f"--node-name={name}",
             f"--temp-dir={temp_dir}",
             f"--object-store-memory={self.spec.object_store_mb * MIB}",
@@ -288,6 +300,9 @@ class LocalCluster:
         # On SIGTERM, `ray start` first drains its node for up to 30 s (for Serve on Kubernetes), and waits out
         # that whole time when the head is gone too, as when the process that started the cluster dies.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        # A node's `ray start` gives up on the GCS after ~20 s of failed connects; on a loaded machine the GCS has
+        # taken longer to come up. Our own timeouts (`start`, `wait_for_nodes`) decide instead.
+        env["RAY_gcs_server_port_wait_time_s"] = str(GCS_WAIT_S)
         if self.token_path is not None:
             env[TOKEN_PATH_ENV] = self.token_path
         # Jobs submitted to this cluster run `python ...`: make that the interpreter the nodes run on (the venv's,
@@ -301,19 +316,6 @@ class LocalCluster:
             raise RuntimeError(f"node {node.name} exited; end of {node.log_path}:\n{tail}")
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free ports, held open together while picked so none is handed out twice. Still racy (a
-    port free now may be taken before Ray binds it), as Ray's own port picking is: _start_head retries."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 # -- command line -------------------------------------------------------------------------------------------
 
 
@@ -325,25 +327,24 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--cpus-per-node", type=int, default=ClusterSpec.cpus_per_node)
     up.add_argument("--object-store-mb", type=int, default=ClusterSpec.object_store_mb)
     up.add_argument("--no-dashboard", action="store_true")
+    up.add_argument("--listen-all-interfaces", action="store_true",
+                    help="let the nodes' ports listen on every interface, not 127.0.0.1 only (for remote nodes)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for all nodes")
     status = commands.add_parser("status", help="show the nodes' processes and Ray's view of them")
     down = commands.add_parser("down", help="stop every process of the cluster")
     for command in (up, status, down):
         command.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "up":
-            spec = ClusterSpec(args.nodes, args.cpus_per_node, object_store_mb=args.object_store_mb,
-                               dashboard=not args.no_dashboard)  # fmt: skip
-            return _up(LocalCluster(spec, args.state_dir, detach=True), args.timeout)
-        if not (args.state_dir / "state.json").exists():
-            print(f"no cluster recorded in {args.state_dir.resolve()}")
-            return 1 if args.command == "status" else 0
-        cluster = LocalCluster.load(args.state_dir)
-        return _status(cluster) if args.command == "status" else _down(cluster)
-    except (ValueError, RuntimeError, TimeoutError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if args.command == "up":
+        spec = ClusterSpec(args.nodes, args.cpus_per_node, object_store_mb=args.object_store_mb,
+                           dashboard=not args.no_dashboard,
+                           listen_all_interfaces=args.listen_all_interfaces or ClusterSpec.listen_all_interfaces)
+        return _up(LocalCluster(spec, args.state_dir, detach=True), args.timeout)
+    if not (args.state_dir / "state.json").exists():
+        print(f"no cluster recorded in {args.state_dir.resolve()}")
+        return 1 if args.command == "status" else 0
+    cluster = LocalCluster.load(args.state_dir)
+    return _status(cluster) if args.command == "status" else _down(cluster)
 
 
 def _up(cluster: LocalCluster, timeout_s: float) -> int:
@@ -357,8 +358,10 @@ def _up(cluster: LocalCluster, timeout_s: float) -> int:
         print(f"  dashboard: {cluster.dashboard_url}")
     print(f"  state:     {cluster.state_file}")
     print("Token auth is on: drivers need RAY_AUTH_MODE=token and the token (cluster.connect sets the mode).")
-    print(f'  Python:   cluster.connect.connect("{cluster.address}")  or  ray.init(address="{cluster.address}")')
-    print(f"  Ray CLI:  export RAY_ADDRESS={cluster.address} {AUTH_MODE_ENV}=token{token}")
+    print(f'  Python:   cluster.connect.connect("{cluster.address}")')
+    # Without it, Ray swaps 127.0.0.1 for this machine's outward address, where a loopback node does not listen.
+    loopback = "" if cluster.spec.listen_all_interfaces else " RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+    print(f"  Ray CLI:  export RAY_ADDRESS={cluster.address} {AUTH_MODE_ENV}=token{token}{loopback}")
     print(f"Stop it:    python -m cluster.local down --state-dir {cluster.state_dir}")
     return 0
 
@@ -390,4 +393,4 @@ def _down(cluster: LocalCluster) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -7,25 +7,33 @@
     python -m cluster.submit list --address http://HEAD:8265
 
 A job runs as `python -m jobs.<JOB> <its args> --address auto` on the cluster, with this repository as its
-working_dir (minus the excludes of configs/submit/default.yaml). `--address` defaults to $RAY_ADDRESS; Ray token
-auth headers are added by Ray's client when RAY_AUTH_MODE=token and the cluster's token are present.
+working_dir (minus the excludes of configs/submit/default.yaml). `--address` defaults to $RAY_ADDRESS; token auth
+is turned on as `cluster.connect` does (the cluster's token must be in RAY_AUTH_TOKEN or its file).
+
+A job's arguments and env_vars are kept by Ray (its job table, the dashboard, `list`, the head's logs), so a
+credential among them is refused: the cluster's nodes reach storage with their own AWS credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
-from schemas.config import ConfigError, load_config
+from cluster.command import run_command
+from cluster.connect import require_token_auth
+from schemas.config import is_secret_name, load_config, redact_text
 from schemas.submit import SubmitConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("status", "logs", "stop", "list")
 # Options of this tool; everything else after the job name goes to the job untouched.
 OWN_OPTIONS = {"--address": True, "--submit-config": True, "--follow": False}
+# Ray's submission ids (raysubmit_...) and the hex ids of drivers that joined with ray.init.
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 def available_jobs() -> list[str]:
@@ -58,12 +66,26 @@ RAYLESS_JOBS = frozenset({"export", "sample_corpus", "sizes"})
 def entrypoint(job: str, args: list[str]) -> str:
     if job not in available_jobs():
         raise SystemExit(f"error: no job {job!r}; jobs: {', '.join(available_jobs())}")
+    refuse_credentials(args)
     # The job's driver joins the cluster it runs on; without this it would start a private local instance.
     address = [] if job in RAYLESS_JOBS else ["--address", "auto"]
     return shlex.join([*"python -m".split(), f"jobs.{job}", *args, *address])
 
 
+def refuse_credentials(args: list[str], env_vars: dict[str, str] | None = None) -> None:
+    """Stop before a credential reaches Ray's job table: `--set storage.secret_access_key=...`, an AWS key id or a
+    URL password anywhere in the arguments, a secret-looking env var."""
+    names = [name for name in (env_vars or {}) if is_secret_name(name)]
+    keys = [arg.removeprefix("--set=").partition("=")[0] for arg in args if "=" in arg]
+    names += [key for key in keys if is_secret_name(key.split(".")[-1])]
+    names += ["an argument" for arg in args if redact_text(arg) != arg]
+    if names:
+        raise SystemExit(f"error: {names[0]} would be stored in Ray's job table and logs in the clear; give the "
+                         "cluster's nodes their own credentials (AWS profile or instance role) instead")
+
+
 def runtime_env(config: SubmitConfig) -> dict:
+    refuse_credentials([], config.env_vars)
     env: dict = {"working_dir": str(REPO_ROOT), "excludes": list(config.excludes)}
     if config.env_vars:
         env["env_vars"] = dict(config.env_vars)
@@ -78,14 +100,16 @@ def client(address: str | None):
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise SystemExit("error: give the cluster's dashboard address with --address http://HEAD:8265 or RAY_ADDRESS")
+    require_token_auth(create_token=False)  # Ray's client sends the token only with RAY_AUTH_MODE=token
     return JobSubmissionClient(address)
 
 
 def submit(job: str, args: list[str], config: SubmitConfig, address: str | None, follow: bool) -> int:
+    command, env = entrypoint(job, args), runtime_env(config)  # both checked before the cluster is called
     jobs = client(address)
     job_id = jobs.submit_job(
-        entrypoint=entrypoint(job, args),
-        runtime_env=runtime_env(config),
+        entrypoint=command,
+        runtime_env=env,
         entrypoint_num_cpus=config.entrypoint_num_cpus,
         entrypoint_num_gpus=config.entrypoint_num_gpus,
         metadata={"tessera_job": job},
@@ -117,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     own, rest = split_args(argv)
     address = own.get("--address")
+    if not rest:
+        raise SystemExit(f"error: name a job ({', '.join(available_jobs())}) or one of {', '.join(COMMANDS)}")
     command = rest.pop(0)
     if command not in COMMANDS:
-        try:
-            config = load_config(SubmitConfig, own.get("--submit-config") or REPO_ROOT / "configs/submit/default.yaml")
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        config = load_config(SubmitConfig, own.get("--submit-config") or REPO_ROOT / "configs/submit/default.yaml")
         return submit(command, rest, config, address, bool(own.get("--follow")))
+    if command != "list" and not (rest and JOB_ID.match(rest[0])):
+        got = repr(rest[0]) if rest else "none"
+        raise SystemExit(f"error: {command} needs a job id (raysubmit_..., as `list` shows them), got {got}")
     jobs = client(address)
     if command == "list":
         print(f"{'job id':<28} {'status':<10} {'job':<14} entrypoint")
@@ -132,10 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             name = (info.metadata or {}).get("tessera_job", "-")
             # Drivers that joined with ray.init (not submitted) are listed too, with a job id but no submission id.
             job_id = info.submission_id or info.job_id or "-"
-            print(f"{job_id:<28} {info.status.value:<10} {name:<14} {(info.entrypoint or '')[:70]}")
+            print(f"{job_id:<28} {info.status.value:<10} {name:<14} {redact_text(info.entrypoint or '')[:70]}")
         return 0
-    if not rest:
-        raise SystemExit(f"error: {command} needs a job id")
     job_id = rest[0]
     if command == "status":
         print(f"{job_id}: {jobs.get_job_status(job_id).value}")
@@ -149,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

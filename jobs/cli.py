@@ -1,14 +1,17 @@
-"""What every job's command line shares: --config, --set overrides, --address, and clean failure messages."""
+"""What every job's command line shares: --config, --set overrides, --address, connecting to Ray, and failing in
+one clear line (cluster/command.py)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
-from schemas.config import ConfigError, ConfigModel, load_config
+from cluster.command import run_command
+from cluster.connect import ClusterSummary, connect
+from schemas.common import RayConfig
+from schemas.config import ConfigError, ConfigModel, is_secret_name, load_config, redact_text
 
 C = TypeVar("C", bound=ConfigModel)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +32,25 @@ def load_job_config(model: type[C], args: argparse.Namespace, extra: dict[str, o
     """The config file plus --set overrides plus flags that are shortcuts for config keys (e.g. --input)."""
     overrides = list(args.overrides)
     overrides += [f"{key}={value}" for key, value in extra.items() if value is not None]
-    return load_config(model, args.config, overrides)
+    config = load_config(model, args.config, overrides)
+    ray = getattr(config, "ray", None)
+    if ray is not None and ray.address not in (None, "local"):
+        # Ray records a driver's whole command line as its job's entrypoint, in the cluster's job table, which
+        # the dashboard and `ray list jobs` show to everyone with the cluster's token.
+        for text in overrides:
+            key = text.partition("=")[0]
+            if is_secret_name(key.split(".")[-1]) or redact_text(text) != text:
+                raise ConfigError(f"--set {key}=...: a job that joins a cluster leaves its command line in the "
+                                  "cluster's job table; give credentials in the config file or the AWS environment")
+    return config
 
 
-def run_job(main: Callable[[], int]) -> None:
-    """Run a job's main; expected failures print one clear message and exit non-zero, without a traceback."""
-    try:
-        sys.exit(main())
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+def connect_ray(config: RayConfig) -> ClusterSummary:
+    """Connect the job's driver as its `ray:` section says."""
+    return connect(config.address, num_cpus=config.num_cpus, listen_all_interfaces=config.listen_all_interfaces)
+
+
+def run_job(main: Callable[[], int | None]) -> NoReturn:
+    """Run a job's main: its exit code, or one line on stderr and a non-zero code if it fails (exit 2 for a bad
+    config, 130 when interrupted); TESSERA_DEBUG=1 shows the traceback."""
+    run_command(main)

@@ -10,8 +10,7 @@ the run can be scored on: a task whose modalities, token folders or tokenizers t
 from __future__ import annotations
 
 import pipeline.eval.tasks  # noqa: F401  (the built-in tasks register themselves on import)
-from cluster.connect import connect
-from jobs.cli import job_parser, load_job_config, run_job
+from jobs.cli import connect_ray, job_parser, load_job_config, run_job
 from pipeline.data.storage import Storage
 from pipeline.eval.registry import select_tasks
 from pipeline.eval.report import markdown_table, write_results
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = []
     if config.tasks == ("all",):  # every task the run can be scored on; a named task that cannot is a failure
         tasks, skipped = drop_unmet(config, tasks)
-    connect(config.ray.address, num_cpus=config.ray.num_cpus)
+    connect_ray(config.ray)
     rows = run_evaluation(config, tasks, list(config.checkpoints)) + skipped
     # Charts put each checkpoint at the tokens and FLOPs its run had seen (RUN_DIR/metrics.jsonl), not its step.
     rows = with_progress(rows, lambda run: read_metrics(f"{run}/{METRICS}", config.storage), config.storage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.cli import run_job
 from pipeline.train.export import export_checkpoint
 
 
@@ -20,4 +21,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_job(main)

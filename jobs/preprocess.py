@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
-from cluster.connect import connect
 from cluster.prestart import prestart_workers
-from jobs.cli import job_parser, load_job_config, run_job
-from pipeline.data.readers import InputError
-from pipeline.data.shard_writer import AlignmentError
+from jobs.cli import connect_ray, job_parser, load_job_config, run_job
 from schemas.preprocess import PreprocessConfig
 
 # What the pipeline's tasks import, per stage: the workers prestarted below load it while the driver starts up.
@@ -32,17 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         "stages": f"[{args.stages}]" if args.stages else None,
         "ray.address": args.address,
     })
-    connect(config.ray.address, num_cpus=config.ray.num_cpus)
+    connect_ray(config.ray)
     prestart_workers(tuple(m for stage in config.stages for m in WORKER_MODULES[stage]))
     # Imported only now, so that the workers start while the driver imports Ray Data (cluster/prestart.py).
-    from pipeline.data.preprocess import OutputConflictError, run_preprocess
+    from pipeline.data.preprocess import run_preprocess
 
-    try:
-        report = run_preprocess(config)
-    except (InputError, OutputConflictError, AlignmentError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(summary(report))
+    print(summary(run_preprocess(config)))
     return 0
 
 

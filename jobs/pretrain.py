@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.connect import connect
-from jobs.cli import job_parser, load_job_config, run_job
+from jobs.cli import connect_ray, job_parser, load_job_config, run_job
 from pipeline.train.trainer import require_data, run_pretrain
 from schemas.pretrain import PretrainConfig
 
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         "ray.address": args.address,
     })
     require_data(config)  # before a Ray instance starts
-    connect(config.ray.address, num_cpus=config.ray.num_cpus)
+    connect_ray(config.ray)
     summary = run_pretrain(config)
     print(f"pretrain {summary['run']} done: final {summary['metrics']}")
     print(f"checkpoint: {summary['checkpoint']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from jobs.cli import run_job
 from pipeline.model.flops import training_flops
 from pipeline.model.sizes import SIZES, param_counts
 from schemas.batch import ModalitySpec
@@ -81,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_job(main)

@@ -5,6 +5,7 @@
     status SPEC --storage URI          runs done / running / failed with their latest loss (reads the folder only)
     report SPEC --storage URI [--out]  the results table, the fit and its report (plots) of the study
     fit RESULTS_OR_CSV [--out DIR]     fit any table with N, D and loss columns (or a study's results table)
+    sample-data OUT [--samples N]      token shards from the embedded sample corpus for a CPU study
 
 N is the count without embeddings and heads unless the spec's `n_count` (or fit's --n) says total: at the widths a
 CPU study reaches, the embedding tables and heads are most of the parameters and do not scale with depth.
@@ -22,7 +23,7 @@ import pandas as pd
 from jobs.cli import run_job
 from jobs.sizes import zero_bytes
 from pipeline.data.storage import Storage
-from pipeline.study.plan import PlannedRun, makespan, plan_study
+from pipeline.study.plan import PlannedRun, makespan, plan_study, trial_seconds
 from pipeline.study.records import RESULTS, StudyMismatchError, error_line, study_storage
 from pipeline.study.results import fit_table, results_table, write_results
 from pipeline.study.status import format_status, status_table
@@ -62,8 +63,11 @@ def plan_text(spec: StudySpec, runs: list[PlannedRun], slots: int) -> str:
         "model_FLOPs": f"{r.model_flops:.3g}", "steps": r.steps, "batch": r.global_batch, "lr": f"{r.lr:.3g}",
         # ZeRO model states (python -m jobs.sizes's formulas), at the run's stage and worker count
         f"mem/worker(Z{stage})": f"{zero_bytes(r.params_total, spec.resources.workers)[f'zero{stage}'] / 1e9:.3f}GB",
-        "est_s": round(r.est_seconds)} for r in runs])
-    seconds = [r.est_seconds for r in runs]
+        "est_s": round(r.est_seconds),
+        # a WSD cooldown trains only from its trunk's branch step
+        **({"from": f"{r.trunk}@{r.branch_step}" if r.trunk else "-"} if any(x.trunk for x in runs) else {}),
+    } for r in runs])
+    seconds = list(trial_seconds(runs).values())
     return (f"study {spec.name}: {len(runs)} runs ({len(spec.sizes)} sizes, {spec.budgets.kind} budgets, "
             f"{len(spec.seeds)} seed(s)); N counts parameters {spec.n_count.replace('_', '-')}\n"
             f"{table.to_string(index=False)}\n"
@@ -182,6 +186,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sample_data(args) -> int:
+    from cluster.connect import connect
+    from pipeline.study.sample_data import write_study_data
+
+    connect(args.address)
+    made = write_study_data(args.out, args.samples, args.vocab)
+    vocab = made["vocab_size"]
+    print(f"token shards: {made['data']} (study --data); vocabulary {vocab} ids: set pretrain.vocab_sizes "
+          f"{{caption: {vocab}, color_palette: {vocab}, metadata: {vocab}}}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m jobs.study", description=__doc__.split("\n\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -198,6 +214,11 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--address", help="Ray cluster address (default: a local instance)")
         if name == "report":
             sub.add_argument("--out", help="report directory (default: <storage>/<study>/report)")
+    data = commands.add_parser("sample-data", help="token shards from the embedded sample corpus, for CPU studies")
+    data.add_argument("out", help="local folder for the corpus, shards and vocabulary")
+    data.add_argument("--samples", type=int, default=4096)
+    data.add_argument("--vocab", type=int, default=4400, help="WordPiece vocabulary size (at least 4,349)")
+    data.add_argument("--address", help="Ray cluster address (default: a local instance)")
     fit = commands.add_parser("fit", help="fit a results table (CSV or Parquet)")
     fit.add_argument("source", help="a study's results.parquet/.csv, or any table with N, D and loss columns")
     fit.add_argument("--out", help="report directory (default: fit/ beside the table)")
@@ -216,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     return {"plan": cmd_plan, "run": cmd_run, "status": cmd_status, "fit": cmd_fit,
-            "report": cmd_report}[args.command](args)
+            "report": cmd_report, "sample-data": cmd_sample_data}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ driver (`--set model.vocab_size=N`, default the registry's 30,000).
 
 from __future__ import annotations
 
-from cluster.connect import connect
-from jobs.cli import job_parser, load_job_config, run_job
+from jobs.cli import connect_ray, job_parser, load_job_config, run_job
 from pipeline.train.tokenizer import run_train_tokenizer
 from pipeline.train.wordpiece import run_train_wordpiece
 from schemas.modalities import TokenizerFamily, get_modality
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.modality and get_modality(config.modality).tokenizer is TokenizerFamily.WORDPIECE:
         run_train_wordpiece(config)
         return 0
-    connect(config.ray.address, num_cpus=config.ray.num_cpus)
+    connect_ray(config.ray)
     summary = run_train_tokenizer(config)
     print(f"tokenizer: {summary['output']} (metrics.json, reconstructions.png, loss.png)")
     return 0

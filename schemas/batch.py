@@ -70,9 +70,12 @@ class ModalitySpec:
         return self.family in AUTOREGRESSIVE_FAMILIES
 
     @classmethod
-    def from_registry(cls, name: str, tokens: int | None = None) -> ModalitySpec:
-        """The registry's entry, with the row length actually produced (e.g. 8x8 = 64 tokens for 64 px images)."""
+    def from_registry(cls, name: str, tokens: int | None = None, vocab: int | None = None) -> ModalitySpec:
+        """The registry's entry, with the row length actually produced (e.g. 8x8 = 64 tokens for 64 px images) and,
+        where a run sizes its tables to its tokenizer (`PretrainConfig.vocab_sizes`), that smaller vocabulary."""
         modality = get_modality(name)
+        if vocab is not None and not 0 < vocab <= modality.vocab_size:
+            raise ValueError(f"{name}: vocabulary {vocab} outside 1..{modality.vocab_size} (the registry's bound)")
         length = tokens if tokens is not None else modality.token_budget
         grid = None
         if modality.family in GRID_FAMILIES:
@@ -80,7 +83,7 @@ class ModalitySpec:
             if side * side != length:
                 raise ValueError(f"{name}: {length} tokens do not form a square grid")
             grid = (side, side)
-        return cls(modality.name, modality.family, modality.vocab_size, length, grid)
+        return cls(modality.name, modality.family, vocab or modality.vocab_size, length, grid)
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,9 @@ class ModalityTable:
         return len(self.specs)
 
     def to_json(self) -> list[dict]:
-        return [{"name": s.name, "tokens": s.max_tokens} for s in self.specs]
+        return [{"name": s.name, "tokens": s.max_tokens, "vocab": s.vocab_size} for s in self.specs]
 
     @classmethod
     def from_json(cls, entries: Sequence[dict]) -> ModalityTable:
-        return cls.of(ModalitySpec.from_registry(e["name"], e["tokens"]) for e in entries)
+        # "vocab" is absent from tables written before runs could size their tables: those used the registry's.
+        return cls.of(ModalitySpec.from_registry(e["name"], e["tokens"], e.get("vocab")) for e in entries)

@@ -12,6 +12,11 @@ from pydantic import Field
 from schemas.config import ConfigModel
 
 
+# A run or study name becomes one folder under the job's storage and a Ray Train run name: one path component that
+# can neither climb ("..") nor hide ("."), so it starts with a letter, digit, '_' or '-', and holds no separator.
+RUN_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"
+
+
 class StorageConfig(ConfigModel):
     """Where s3:// paths live. Credentials come from the standard AWS environment/profile chain by default; they are
     never printed or written into outputs (they are excluded from dumps and reprs)."""
@@ -27,3 +32,5 @@ class StorageConfig(ConfigModel):
 class RayConfig(ConfigModel):
     address: str | None = None  # None starts a local instance
     num_cpus: int | None = None  # of the local instance
+    # A local instance's ports listen on 127.0.0.1 only; true opens them on every interface (token auth stays on).
+    listen_all_interfaces: bool = False

@@ -71,6 +71,9 @@ class LoaderConfig(ConfigModel):
     # Compare each shard's sha256 with the manifest: a truncated or corrupted shard then fails loudly instead of
     # feeding garbage. Costs one hash pass over the bytes read.
     verify_checksums: bool = True
+    # Share of a rank's shards that may be lost to read errors (after retries) before the run fails; a lost shard
+    # is skipped for the rest of its epoch. 0: any lost shard fails the run, naming it.
+    max_lost_shard_fraction: float = Field(default=0.0, ge=0, lt=1)
     # Share of sample keys held out of training (schemas.keys.in_holdout, no salt): the loader's "train" part skips
     # them, its "holdout" part yields only them (validation).
     holdout_fraction: float = Field(default=0.0, ge=0, lt=1)

@@ -4,7 +4,8 @@ Covers the 21 modalities of 4M-21 and the 12 of Meta-Transformer (text and image
 and `rgb`). Adding a modality is one `register(...)` call here (into `MODALITIES`, a `schemas.registry.Registry`)
 plus a tokenizer family (and optionally a labeler and an eval task); no stage ever branches on a modality's name.
 
-Token counts are for 224 px inputs as in 4M-21 (patch 16 -> 14x14 = 196; DINOv2/ImageBind maps 16x16 = 256).
+Token counts are for 224 px inputs as in 4M-21 (patch 16 -> 14x14 = 196; DINOv2/ImageBind maps 16x16 = 256);
+`schemas/token_grids.py` gives the grid at other resolutions and the matching ml-4m `MODALITY_INFO` entry.
 """
 
 from __future__ import annotations

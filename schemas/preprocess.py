@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Literal
 
 import pydantic
@@ -28,6 +29,9 @@ class ReaderConfig(ConfigModel):
     key_column: str | None = "key"
     # Folder and parquet inputs are cut into units of this many samples; a tar is one unit as it stands.
     samples_per_unit: int = Field(default=256, ge=1, le=1_000_000)
+    # The most bytes any one input file or tar member may hold (image, caption, metadata, ground-truth map); larger
+    # ones are refused from their tar header or file size before a byte is read (reason decompression_bomb).
+    max_member_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
 
 class ImageConfig(ConfigModel):
@@ -36,6 +40,10 @@ class ImageConfig(ConfigModel):
     # Decompression-bomb guard: an image whose header claims more pixels than this is refused before decoding.
     max_pixels: int = Field(default=64_000_000, ge=1)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # The PIL formats an image may be in, whatever its file is named; anything else is bad_image before a decoder
+    # sees it (an EPS file named .jpg would otherwise reach Ghostscript).
+    formats: tuple[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"], ...] = Field(
+        default=("JPEG", "PNG", "WEBP"), min_length=1)
 
 
 class CaptionConfig(ConfigModel):
@@ -57,6 +65,20 @@ class LabelerConfig(ConfigModel):
     # quarantined (missing_ground_truth), never filled in by a model.
     source: Literal["model", "ground_truth"] = "model"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of model-based labelers; bf16 is the GPU choice
+
+
+def _location(uri: str) -> tuple[str, str]:
+    """(scheme, absolute '/'-path) of a local path or URI, for comparing where two of them point."""
+    if "://" in uri and not uri.startswith("file://"):
+        scheme, rest = uri.split("://", 1)
+        return scheme, posixpath.normpath("/" + rest)
+    return "file", os.path.realpath(uri.removeprefix("file://"))
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies under it (local paths with links resolved; s3://bucket/prefix as written)."""
+    (scheme, where), (root_scheme, top) = _location(path), _location(root)
+    return scheme == root_scheme and (where == top or where.startswith(top.rstrip("/") + "/"))
 
 
 class PreprocessConfig(ConfigModel):
@@ -106,4 +128,7 @@ class PreprocessConfig(ConfigModel):
             raise ValueError("the tokenize stage needs tokenizers: {modality: tokenizer dir}")
         if "label" in self.stages and self.input is None and self.output is not None:
             raise ValueError("the label stage needs an input (--input)")
+        if self.input is not None and self.output is not None and inside(self.output, self.input):
+            # A rerun would read its own shards back as samples (under new keys, or as duplicates).
+            raise ValueError(f"output {self.output} is inside input {self.input}; write it somewhere else")
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import Field
@@ -10,7 +10,8 @@ from pydantic import Field
 from schemas.config import ConfigModel
 from schemas.loading import LoaderConfig, MaskingConfig
 from schemas.model import ModelConfig
-from schemas.common import RayConfig, StorageConfig
+from schemas.modalities import get_modality
+from schemas.common import RUN_NAME_PATTERN, RayConfig, StorageConfig
 
 
 class OptimConfig(ConfigModel):
@@ -60,10 +61,14 @@ class ValidationConfig(ConfigModel):
 
 
 class PretrainConfig(ConfigModel):
-    name: str = Field(default="pretrain", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="pretrain", pattern=RUN_NAME_PATTERN)
     data: str | None = None  # a preprocess output with token folders (local or s3://)
     storage_path: str = "runs"  # where Ray Train keeps run directories and checkpoints (local or s3://)
     modalities: tuple[str, ...] = ("caption", "color_palette", "metadata")
+    # Token table and head size per modality where it should be the tokenizer's rather than the registry's bound
+    # (e.g. {caption: 4700} for a 4,700-piece WordPiece): a 30,000-row head over 4,700 live ids spends most of a
+    # small model's compute, and its first steps, on logits no token ever takes.
+    vocab_sizes: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     workers: int = Field(default=2, ge=1)
     cpus_per_worker: int = Field(default=1, ge=1)
     use_gpu: bool = False
@@ -76,7 +81,14 @@ class PretrainConfig(ConfigModel):
     optim: OptimConfig = OptimConfig()
     zero: ZeroConfig = ZeroConfig()
     checkpoint_every: int = Field(default=50, ge=1)
+    # Further steps that end with a checkpoint, e.g. where a study's WSD cooldowns branch off this run. They count
+    # towards num_to_keep, which keeps the latest ones.
+    checkpoint_steps: tuple[Annotated[int, Field(ge=1)], ...] = ()
     num_to_keep: int = Field(default=2, ge=1)
+    # A checkpoint directory (local or s3://) a fresh run starts from: weights, optimizer, loader position, counts
+    # and step, as a WSD cooldown starts from its trunk's stable phase. A run with a checkpoint of its own resumes
+    # that one instead.
+    init_from: str | None = None
     max_failures: int = Field(default=0, ge=-1)
     log_every: int = Field(default=10, ge=1)
     # Peak FLOP/s of one worker, the denominator of MFU. None: a GPU's datasheet bf16 peak (bf16 runs on GPUs the
@@ -85,6 +97,17 @@ class PretrainConfig(ConfigModel):
     validation: ValidationConfig = ValidationConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _vocab_sizes_fit(self) -> "PretrainConfig":
+        for name, size in self.vocab_sizes.items():
+            try:
+                bound = get_modality(name).vocab_size
+            except KeyError:
+                raise ValueError(f"vocab_sizes: unknown modality {name!r}") from None
+            if size > bound:
+                raise ValueError(f"vocab_sizes.{name}: {size} is above the registry's {bound}")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _one_holdout_fraction(self) -> "PretrainConfig":

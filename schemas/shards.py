@@ -23,8 +23,11 @@ MANIFEST_FILE = "manifest.parquet"
 REPORT_FILE = "report.json"
 QUARANTINE_DIR = "quarantine"
 
-CROP_SETTINGS_FOLDER = "crop_settings"  # <key>.npy, int32 (n_crops, 5): top, left, height, width, hflip
-SOURCE_FOLDER = "source"  # <key>.json: {"uri": ..., "key": ...} of the raw sample
+# <key>.npy, int32 (n_crops, 5): top, left, height, width, hflip of the crop each token row was made from, in the
+# stored RGB's pixels (ml-4m's meaning): [[0, 0, side, side, 0]], since the stored RGB already is the crop.
+CROP_SETTINGS_FOLDER = "crop_settings"
+# <key>.json: {"uri": ..., "key": ..., "crop": [top, left, height, width]} of the raw sample, the crop in its pixels
+SOURCE_FOLDER = "source"
 # <key>.json: the raw sample's own JSON (img2dataset metadata, the sample corpus's objects), {} when it had none.
 # Evaluation reads its per-sample annotations (object classes, counts) from here.
 ANNOTATIONS_FOLDER = "annotations"

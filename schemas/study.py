@@ -15,19 +15,20 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import Field
 
+from schemas.common import RUN_NAME_PATTERN
 from schemas.config import ConfigModel
 from schemas.evaluate import ProbeConfig
 from schemas.modalities import get_modality
 from schemas.model import ModelConfig
 from schemas.pretrain import PretrainConfig
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # run ids and study names become directory and Ray Train run names
+NAME_PATTERN = RUN_NAME_PATTERN  # run ids and study names become directory and Ray Train run names
 
 # PretrainConfig fields each run gets from the study (size, budget, seed and the rules below), by dotted path.
 STUDY_OWNED = (
     "name", "data", "storage_path", "modalities", "workers", "cpus_per_worker", "use_gpu", "steps", "seed", "model",
-    "log_every", "checkpoint_every", "optim.lr", "optim.warmup_steps", "optim.schedule", "optim.min_lr_ratio",
-    "optim.decay_fraction", "loader.batch_size", "loader.seed",
+    "log_every", "checkpoint_every", "checkpoint_steps", "num_to_keep", "init_from", "optim.lr", "optim.warmup_steps",
+    "optim.schedule", "optim.min_lr_ratio", "optim.decay_fraction", "loader.batch_size", "loader.seed",
 )
 
 
@@ -86,6 +87,9 @@ class ScheduleSpec(ConfigModel):
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     decay_fraction: float = Field(default=0.2, gt=0, le=1)  # wsd: the final linear decay's share of the run
+    # wsd: a size's shorter budgets branch off the stable phase of its longest run (one run plus short cooldowns,
+    # Hägele et al. 2024) instead of each training from scratch; every run of a size then warms up alike.
+    cooldowns: bool = True
 
 
 class StudyResources(ConfigModel):

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from schemas.config import ConfigModel
 from schemas.modalities import require_implemented
-from schemas.common import RayConfig, StorageConfig
+from schemas.common import RUN_NAME_PATTERN, RayConfig, StorageConfig
 from schemas.pretrain import OptimConfig
 
 
@@ -57,7 +57,7 @@ class TrainTokenizerConfig(ConfigModel):
     modality: str | None = None
     input: str | None = None  # label shards (a preprocess output; local or s3://)
     output: str | None = None  # the tokenizer's directory (local or s3://); default tokenizers/<tokenizer_id>
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # run name; default tokenizer-<modality>
+    name: str | None = Field(default=None, pattern=RUN_NAME_PATTERN)  # run name; default tokenizer-<modality>
     tokenizer_id: str | None = None  # default <modality>-<quantizer kind>
     storage_path: str = "runs"  # Ray Train run directories and checkpoints (local or s3://)
     workers: int = Field(default=2, ge=1)

@@ -72,7 +72,8 @@ def test_parquet_with_image_paths_on_s3(tmp_path, s3_bucket):
             assert_pixels(decode_jpeg(rgb[key]["jpg"]), paint(RES, RES, [], background=colour), what=key)
             assert caption[key]["txt"].decode() == text
     source = read_folder(out, "source", 2)["y"]
-    assert json.loads(source["json"]) == {"key": "y", "uri": f"s3://{bucket}/raw/table/part.parquet#row=4"}
+    assert json.loads(source["json"]) == {"key": "y", "uri": f"s3://{bucket}/raw/table/part.parquet#row=4",
+                                          "crop": [0, 8, 32, 32]}  # top, left, height, width in the 48 x 32 source
     assert verify_output(Storage(str(out), StorageConfig())).samples == 3
 
 
@@ -112,5 +113,7 @@ def test_folder_tree_with_sidecars(tmp_path):
     assert json.loads(annotations["b_three"]["json"]) == {}
     metadata = json.loads(read_folder(out, "metadata", 0)[two]["json"])
     assert (metadata["original_width"], metadata["original_height"], metadata["caption_n_words"]) == (48, 32, 4)
+    # ml-4m's crop_settings describe the stored image (an identity crop); the crop of the source is in `source`
     crop = np.load(io.BytesIO(read_folder(out, "crop_settings", 2)["five"]["npy"]))
-    assert crop.tolist() == [[0, 8, 32, 32, 0]]  # (48 - 32) // 2
+    assert crop.tolist() == [[0, 0, RES, RES, 0]]
+    assert json.loads(read_folder(out, "source", 2)["five"]["json"])["crop"] == [0, 8, 32, 32]  # (48 - 32) // 2

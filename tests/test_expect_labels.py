@@ -105,7 +105,7 @@ def shards(tmp_path_factory, ray_session) -> dict[str, dict[str, dict]]:
                               modalities=("rgb", "caption", "canny_edge", "color_palette", "metadata"))
     report = run_preprocess(config, log=lambda _: None)
     assert report["samples_written"] == len(CASES) and report["samples_quarantined"] == 0
-    folders = ("rgb", "caption", "canny_edge", "color_palette", "metadata", "crop_settings")
+    folders = ("rgb", "caption", "canny_edge", "color_palette", "metadata", "crop_settings", "source")
     return {folder: {s["__key__"]: s for s in wds.WebDataset(str(root / "out" / folder / "shard-000000.tar"),
                                                              shardshuffle=False)} for folder in folders}
 
@@ -114,7 +114,9 @@ def test_rgb_pixels_are_the_source_cut_by_hand(shards):
     assert sorted(shards["rgb"]) == sorted(CASES)
     for key, (_, _, expected, crop, _) in CASES.items():
         assert_pixels(decode_jpeg(shards["rgb"][key]["jpg"]), expected, what=key)
-        assert np.load(io.BytesIO(shards["crop_settings"][key]["npy"])).tolist() == [list(crop)], key
+        # crop_settings describe the stored image for ml-4m (an identity crop); the source's crop is in `source`
+        assert np.load(io.BytesIO(shards["crop_settings"][key]["npy"])).tolist() == [[0, 0, RES, RES, 0]], key
+        assert json.loads(shards["source"][key]["json"])["crop"] == list(crop[:4]), key
 
 
 def test_two_colour_image_edges_palette_and_metadata_by_hand(shards):
@@ -127,19 +129,20 @@ def test_two_colour_image_edges_palette_and_metadata_by_hand(shards):
     assert set(rows.tolist()) == set(range(1, RES - 1))
     assert np.bincount(rows, minlength=RES)[4:RES - 4].tolist() == [1] * (RES - 8)
 
-    palette = json.loads(shards["color_palette"]["crop_wide"]["json"])
-    assert palette == {"colors": [list(YELLOW), list(BLUE)], "fractions": [0.625, 0.375]}  # 40/64 and 24/64
+    (palette,) = json.loads(shards["color_palette"]["crop_wide"]["json"])  # one crop (schemas/labels.py)
+    assert (palette["colors"], palette["fractions"]) == ([list(YELLOW), list(BLUE)], [0.625, 0.375])  # 40/64, 24/64
 
     # Grey levels Y = 0.299 R + 0.587 G + 0.114 B: yellow 225.93, blue 29.07, in shares p = 0.625, q = 0.375.
-    # brightness = (p 225.93 + q 29.07) / 255 = 0.5965; contrast = sqrt(pq) (225.93 - 29.07) / 255 = 0.3737;
-    # saturation (max - min) / max = 1 for both; Hasler-Suesstrunk: rg = R - G = 0 everywhere, yb = (R + G) / 2 - B
-    # = +255 / -255, so std(yb) = 510 sqrt(pq), mean(yb) = 255 (p - q), colourfulness = (510 sqrt(pq)
-    # + 0.3 * 255 (p - q)) / 255 = 1.0432; entropy of two grey levels = -(p log2 p + q log2 q) = 0.9544.
+    # brightness = p 225.93 + q 29.07 = 152.1075; contrast = sqrt(pq) (225.93 - 29.07) = 95.3044;
+    # saturation 255 (max - min) / max = 255 for both; Hasler-Suesstrunk: rg = R - G = 0 everywhere,
+    # yb = (R + G) / 2 - B = +255 / -255, so std(yb) = 510 sqrt(pq), mean(yb) = 255 (p - q), colourfulness =
+    # 510 sqrt(pq) + 0.3 * 255 (p - q) = 266.0277; entropy of two grey levels = -(p log2 p + q log2 q) = 0.9544.
     metadata = json.loads(shards["metadata"]["crop_wide"]["json"])
     assert metadata == pytest.approx({
         "original_width": 96, "original_height": 64, "caption_n_chars": 17, "caption_n_words": 3,
-        "brightness": 0.5965, "contrast": 0.3737, "saturation": 1.0, "colorfulness": 1.0432, "entropy": 0.9544,
-    }, abs=1e-4)
+        "brightness": 152.1075, "contrast": 95.3044, "saturation": 255.0, "colorfulness": 266.0277,
+        "entropy": 0.9544,
+    }, abs=1e-3)
     assert shards["caption"]["crop_wide"]["txt"].decode() == CAPTION
 
 
@@ -200,17 +203,18 @@ def test_canny_traces_a_square_in_both_directions():
 
 def test_palette_fractions_and_flat_metadata_by_hand():
     """Three colours in shares 1/2, 1/4, 1/4 (ties ordered by colour); a flat grey image has no contrast, colour or
-    entropy and brightness v / 255."""
+    entropy and brightness v (8-bit levels, ml-4m's scale)."""
     three = paint(64, 64, [(0, 0, 64, 32, RED), (0, 32, 32, 64, WHITE), (32, 32, 64, 64, BLUE)])
     (payload,) = label("color_palette", three)
-    assert json.loads(payload) == {"colors": [list(RED), list(BLUE), list(WHITE)], "fractions": [0.5, 0.25, 0.25]}
+    (palette,) = json.loads(payload)
+    assert (palette["colors"], palette["fractions"]) == ([list(RED), list(BLUE), list(WHITE)], [0.5, 0.25, 0.25])
     grey = np.full((64, 64, 3), 51, np.uint8)
     (payload,) = label("metadata", grey)
     metadata = json.loads(payload)
     assert {k: metadata[k] for k in ("brightness", "contrast", "saturation", "colorfulness", "entropy")} == {
-        "brightness": 0.2, "contrast": 0.0, "saturation": 0.0, "colorfulness": 0.0, "entropy": 0.0}
+        "brightness": 51.0, "contrast": 0.0, "saturation": 0.0, "colorfulness": 0.0, "entropy": 0.0}
     # Red on one half, green on the other: rg = +255 / -255 (std 255, mean 0), yb = 127.5 both (std 0):
-    # colourfulness = (255 + 0.3 * 127.5) / 255 = 1.15.
+    # colourfulness = 255 + 0.3 * 127.5 = 293.25.
     (payload,) = label("metadata", paint(64, 64, [(0, 0, 64, 32, RED), (0, 32, 64, 64, GREEN)]))
-    assert json.loads(payload)["colorfulness"] == pytest.approx(1.15, abs=1e-4)
-    assert math.isclose(json.loads(payload)["saturation"], 1.0)
+    assert json.loads(payload)["colorfulness"] == pytest.approx(293.25, abs=1e-3)
+    assert math.isclose(json.loads(payload)["saturation"], 255.0)

@@ -22,7 +22,7 @@ from jobs.study import plan_text
 from pipeline.data.storage import Storage
 from pipeline.model.flops import training_flops
 from pipeline.model.sizes import param_counts, resolve
-from pipeline.study.plan import plan_study, run_config
+from pipeline.study.plan import family, plan_study, run_config
 from pipeline.study.records import RUNS, read_record, study_storage
 from pipeline.study.results import TIMING_COLUMNS, fit_table, run_metrics
 from pipeline.study.runner import run_study
@@ -153,6 +153,52 @@ def test_each_run_is_the_pretrain_section_plus_the_studys_fields():
     assert (config.optim.schedule, config.optim.warmup_steps, config.optim.decay_fraction) == ("wsd", 4, 0.5)
     assert config.optim.weight_decay == 0.2 and config.masking.input_tokens == 32  # from the pretrain section
     assert (config.log_every, config.checkpoint_every) == (4, 8)
+
+
+def test_wsd_cooldowns_branch_off_the_longest_run_of_each_size():
+    """One run per size trains through; each shorter budget trains only its cooldown, from the trunk's checkpoint
+    where its own decay starts, so three budgets cost 64 + 4 + 8 steps instead of 16 + 32 + 64."""
+    study = spec(budgets={"kind": "tokens", "tokens": [8192, 16384, 32768]},
+                 schedule={"kind": "wsd", "warmup_fraction": 0.1, "decay_fraction": 0.25})
+    runs = {r.run_id: r for r in plan_study(study)}
+    trunk = runs["d16_D3.28e4_s0"]
+    assert trunk.trunk is None and trunk.checkpoint_steps == (12, 24) and trunk.steps == 64
+    assert [(runs[r].trunk, runs[r].branch_step) for r in ("d16_D8192_s0", "d16_D1.64e4_s0")] == [
+        (trunk.run_id, 12), (trunk.run_id, 24)]
+    assert {r.warmup_steps for r in runs.values() if r.size == "d16"} == {2}  # the shortest run's warmup, for all
+    assert [r.run_id for r in family(list(runs.values()), trunk.run_id)] == [
+        trunk.run_id, "d16_D8192_s0", "d16_D1.64e4_s0"]
+    config = run_config(study, trunk, storage_path="/runs")
+    assert config.checkpoint_steps == (12, 24) and config.num_to_keep >= 4
+    branch = run_config(study, runs["d16_D8192_s0"], storage_path="/runs", init_from="/runs/x/checkpoint_1")
+    assert branch.init_from == "/runs/x/checkpoint_1" and branch.optim.warmup_steps == 2 and branch.steps == 16
+    plain = {r.run_id: r for r in plan_study(spec(budgets={"kind": "tokens", "tokens": [8192, 16384, 32768]},
+                                                  schedule={"kind": "wsd", "cooldowns": False}))}
+    assert all(r.trunk is None for r in plain.values()) and plain["d16_D8192_s0"].warmup_steps == 1
+    # a cooldown is planned at its share of the steps (start-up aside)
+    assert runs["d16_D1.64e4_s0"].est_seconds - 20 == pytest.approx(0.25 * (plain["d16_D1.64e4_s0"].est_seconds - 20))
+
+
+def test_a_cooldown_trains_on_from_its_trunk(ray_session, tokens, tmp_path):
+    """Both runs of one WSD family on the cluster: the cooldown's first step is its trunk's next one (same data
+    order, same counts: its tokens_seen at step 16 is the trunk's), at a decaying rate where the trunk holds its
+    peak; an evaluation task runs on each run's final checkpoint and lands in the table."""
+    study = spec(data=tokens, sizes={"d16": MICRO["sizes"]["d16"]}, budgets={"kind": "tokens", "tokens": [8192, 16384]},
+                 schedule={"kind": "wsd", "warmup_fraction": 0.1, "decay_fraction": 0.25}, logs_per_run=4,
+                 evaluation={"tasks": ["largest_shape_from_caption"]})
+    folder = study_storage(study, str(tmp_path))
+    lines = []
+    table = run_study(study, folder, cluster_resources=ray_session["resources"], progress=lines.append).set_index("run")
+    assert (table["status"] == "done").all() and (table["attempts"] == 1).all(), table[["status", "error"]]
+    trunk, cooldown = run_metrics(folder, "d16_D1.64e4_s0"), run_metrics(folder, "d16_D8192_s0")
+    assert [row["step"] for row in cooldown] == [16]  # steps 13-16 only: 1-12 are the trunk's
+    at_16 = next(row for row in trunk if row["step"] == 16)
+    assert cooldown[0]["tokens_seen"] == at_16["tokens_seen"] and cooldown[0]["samples_seen"] == at_16["samples_seen"]
+    assert cooldown[0]["lr"] < 0.5 * at_16["lr"] and cooldown[0]["loss"] != at_16["loss"]
+    assert math.isfinite(table.loc["d16_D8192_s0", "val_loss"])
+    accuracy = [c for c in table.columns if c.startswith("eval_largest_shape_from_caption")]
+    assert accuracy and table[accuracy].notna().all().all(), list(table.columns)
+    assert "2 runs in 1 trials" in lines[0] and "started d16_D1.64e4_s0" in lines[1]  # the trunk, then its cooldown
 
 
 def test_a_study_results_table_maps_onto_the_fit_columns(tmp_path):

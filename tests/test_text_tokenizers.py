@@ -38,6 +38,7 @@ from pipeline.tokenizers.sequence import (
 )
 from pipeline.tokenizers.text import EOS, NUM_SENTINELS, PAD, SOS, UNK, TextTokenizer, sentinel_token
 from schemas.corpus import SampleCorpusConfig
+from schemas.labels import read_palette
 from schemas.modalities import TokenizerFamily, all_modalities, get_modality
 
 VOCAB_SIZE = 6000  # the sample corpus saturates below this: every caption word gets its own piece
@@ -113,7 +114,7 @@ def test_training_is_deterministic_and_loads_in_a_fresh_process(tokenizer: TextT
                                                                  tmp_path: Path) -> None:
     assert train_wordpiece(captions, VOCAB_SIZE).content_hash == tokenizer.content_hash
     saved = tokenizer.save(tmp_path / "tok")
-    assert sorted(p.name for p in saved.iterdir()) == ["tessera.json", "tokenizer.json"]
+    assert sorted(p.name for p in saved.iterdir()) == ["tessera.json", "tokenizer.json", "tokenizer_ml4m.json"]
     loaded = load_tokenizer(saved)
     assert loaded.content_hash == tokenizer.content_hash == base.content_hash(
         {p.name: p.read_bytes() for p in saved.iterdir()})
@@ -216,8 +217,9 @@ def test_palette_round_trip_and_budget(tokenizer: TextTokenizer, corpus: list[di
     ids = encode_records("color_palette", records, tokenizer)
     assert ids.shape[1] == get_modality("color_palette").max_tokens
     lengths = _row_length(ids, tokenizer)
-    assert (lengths == [1 + 3 * len(r["colors"]) + 1 for r in records]).all()  # v0=n, 3 per colour, EOS
-    assert [p["colors"] for p in decode_records("color_palette", ids, tokenizer)] == [r["colors"] for r in records]
+    colors = [read_palette(r).colors for r in records]  # Tessera's palette beside ml-4m's (schemas/labels.py)
+    assert (lengths == [1 + 3 * len(c) + 1 for c in colors]).all()  # v0=n, 3 per colour, EOS
+    assert [p["colors"] for p in decode_records("color_palette", ids, tokenizer)] == colors
     # A full 4M-21 palette fills the 23-token budget exactly; more colours than that are dropped, last first.
     many = {"colors": [[i * 20, 255 - i * 20, i] for i in range(MAX_COLORS + 2)], "fractions": [0.1] * 9}
     (text,) = fit_texts("color_palette", [many], tokenizer)
@@ -237,7 +239,7 @@ def test_metadata_round_trip(tokenizer: TextTokenizer, corpus: list[dict]) -> No
         for key, value in record.items():
             assert abs(parsed[key] - value) <= METADATA_KEYS[key].bin_width
     assert decode_records("metadata", tokenizer.encode(["brightness v0=500 v1=3 contrast"], 40), tokenizer) == [
-        {"brightness": 0.5005}]
+        {"brightness": 127.6275}]  # bin 500 of 1000 over 8-bit levels (ml-4m's scale)
     with pytest.raises(ValueError, match="no value range"):
         encode_records("metadata", [{"brightness": 0.5, "walkability": 0.1}], tokenizer)
 

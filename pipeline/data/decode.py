@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from schemas.preprocess import CaptionConfig, ImageConfig
 from schemas.shards import Reason
@@ -27,7 +27,8 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class Crop:
-    """The crop taken from the original image, in its pixel coordinates (4M's crop_settings row)."""
+    """The crop taken from the original image, in its pixel coordinates (kept in the sample's `source` record;
+    ground-truth maps are cut with it). The `crop_settings` member is `stored_crop_settings`, not this."""
 
     top: int
     left: int
@@ -39,6 +40,13 @@ class Crop:
         return np.array([[self.top, self.left, self.height, self.width, self.hflip]], dtype=np.int32)
 
 
+def stored_crop_settings(side: int) -> np.ndarray:
+    """ml-4m's `crop_settings` of a stored image: int32 (n_crops, 5) rows of top, left, height, width, hflip in the
+    stored image's pixels. ml-4m crops the stored RGB with a row, then resizes; Tessera stores the crop already
+    (and tokenizes exactly it, unflipped), so its one row is the whole stored image: an identity crop."""
+    return np.array([[0, 0, side, side, 0]], dtype=np.int32)
+
+
 def decode_image(payload: bytes | None, config: ImageConfig) -> tuple[np.ndarray, Crop, tuple[int, int]]:
     """Bytes -> (uint8 RGB array of resolution x resolution, crop taken, original (width, height))."""
     if payload is None:
@@ -48,7 +56,8 @@ def decode_image(payload: bytes | None, config: ImageConfig) -> tuple[np.ndarray
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(payload))
+            # Only the allowed formats' plugins look at the bytes, whatever the sample's file name says.
+            image = Image.open(io.BytesIO(payload), formats=list(config.formats))
             # The header is read, the pixels are not: refuse oversized images before they are decompressed.
             width, height = image.size
             if width * height > config.max_pixels:
@@ -59,6 +68,9 @@ def decode_image(payload: bytes | None, config: ImageConfig) -> tuple[np.ndarray
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(Reason.DECOMPRESSION_BOMB, str(exc)) from None
+    except UnidentifiedImageError:
+        allowed = ", ".join(config.formats)
+        raise DecodeError(Reason.BAD_IMAGE, f"not an image in an allowed format ({allowed})") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DecodeError(Reason.BAD_IMAGE, f"{type(exc).__name__}: {exc}") from None
     width, height = image.size

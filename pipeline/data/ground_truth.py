@@ -4,6 +4,8 @@ A raw sample may carry its own maps beside the image, named `<key>.<modality>.<e
 `depth.npy` and `semseg.png`; a dataset with real annotations can do the same). Such a map is cropped with the
 image's crop and resized to the configured resolution, so pixel (i, j) of the label is pixel (i, j) of the RGB
 shard. Class maps are resampled with nearest neighbour (a class id is never averaged), continuous maps bilinearly.
+A map's size is checked from its header before it is decoded: it must be the image's, which the image config
+already bounds, so a few bytes claiming a huge array are refused without allocating it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,11 @@ def ground_truth_payload(modality: str, payload: bytes | None, crop: Crop, origi
         raise DecodeError(Reason.MISSING_GROUND_TRUTH, f"{modality}: the sample has no {member_ext(modality)} member")
     spec = get_modality(modality)
     try:
-        array = _load(payload, spec.ext)
+        array = _load(payload, spec.ext, original_size)
+    except MapSizeError as exc:
+        raise DecodeError(Reason.BAD_GROUND_TRUTH, f"{modality}: {exc}") from None
     except Exception as exc:  # numpy and PIL raise many types for corrupt data
         raise DecodeError(Reason.BAD_GROUND_TRUTH, f"{modality}: {type(exc).__name__}: {exc}") from None
-    width, height = original_size
-    if array.shape[:2] != (height, width):
-        raise DecodeError(Reason.BAD_GROUND_TRUTH,
-                          f"{modality}: map is {array.shape[1]}x{array.shape[0]}, the image {width}x{height}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise DecodeError(Reason.BAD_GROUND_TRUTH, f"{modality}: map holds NaN or infinite values")
     window = array[crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
@@ -45,16 +45,37 @@ def ground_truth_payload(modality: str, payload: bytes | None, crop: Crop, origi
     return encode_npy(resized.astype(np.float32)) if spec.ext == "npy" else encode_png(resized)
 
 
-def _load(payload: bytes, ext: str) -> np.ndarray:
+class MapSizeError(ValueError):
+    """The map's header gives another size than the image's."""
+
+
+def _check_size(map_width: int, map_height: int, original_size: tuple[int, int]) -> None:
+    width, height = original_size
+    if (map_width, map_height) != (width, height):
+        raise MapSizeError(f"map is {map_width}x{map_height}, the image {width}x{height}")
+
+
+def _load(payload: bytes, ext: str, original_size: tuple[int, int]) -> np.ndarray:
+    """Decode the map once its header has been checked against the image's size (never before)."""
+    buffer = io.BytesIO(payload)
     if ext == "npy":
-        array = np.load(io.BytesIO(payload), allow_pickle=False)
-        if array.ndim != 2 or array.dtype.kind not in "fiu":
-            raise ValueError(f"expected a 2-D numeric array, got {array.dtype} {array.shape}")
-        return array.astype(np.float32)
-    with Image.open(io.BytesIO(payload)) as image:
-        image.load()
+        version = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(buffer)
+        if len(shape) != 2 or dtype.kind not in "fiu":
+            raise ValueError(f"expected a 2-D numeric array, got {dtype} {shape}")
+        _check_size(shape[1], shape[0], original_size)
+        if len(payload) - buffer.tell() != shape[0] * shape[1] * dtype.itemsize:
+            raise ValueError(f"{len(payload) - buffer.tell()} data bytes for a {dtype} {shape} array")
+        buffer.seek(0)
+        return np.load(buffer, allow_pickle=False).astype(np.float32)
+    if ext != "png":
+        raise ValueError(f"no ground-truth reader for .{ext} maps (npy and png are read)")
+    with Image.open(buffer, formats=["PNG"]) as image:  # header only: nothing is decompressed yet
+        _check_size(*image.size, original_size)
         if image.mode not in ("L", "P", "RGB"):
             raise ValueError(f"expected an L, P or RGB image, got mode {image.mode}")
+        image.load()
         return np.asarray(image)
 
 

@@ -17,8 +17,14 @@ handful of integers: a resumed loader re-reads the current block and skips what 
 yields exactly the batches an uninterrupted one would (the masking RNG's state is saved with it).
 
 Read errors: a shard whose read fails (I/O error, bad tar, sha256 not the manifest's) is retried
-`read_retries` times, then skipped for the rest of the epoch with a warning naming it. Keys that differ between a
-shard's modality tars are not a read error but a broken output: that raises `ShardAlignmentError`.
+`read_retries` times; then it is lost, which fails the run (`LostShardsError`) unless the rank's lost shards stay
+within `max_lost_shard_fraction` of its shards, in which case it is skipped for the rest of the epoch with a warning
+naming it. Keys that differ between a shard's modality tars are not a read error but a broken output: that raises
+`ShardAlignmentError`.
+
+Before reading, the manifest is checked against the output (`pipeline/data/output_checks.py`): one row per shard
+the folders hold, and one tokenizer per token folder, whose hash joins the saved position (a resume onto data
+retokenized since is refused).
 
 Held-out samples: with `holdout_fraction` f > 0, the keys `in_holdout(key, f)` picks (no salt) are the validation
 part. A loader of part "train" drops them as it reads each shard, so no held-out sample ever reaches a training
@@ -41,7 +47,9 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.data.manifest import read_manifest
 from pipeline.data.masking import Masker
+from pipeline.data.output_checks import folder_tokenizer, verify_shard_listing
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import ShardReadError, read_with_retries
 from pipeline.data.token_shards import Sample, TokenShard, list_token_shards, read_token_shard
@@ -49,11 +57,16 @@ from schemas.batch import ModalityTable
 from schemas.keys import in_holdout
 from schemas.loading import LoaderConfig, MaskingConfig
 from schemas.common import StorageConfig
+from schemas.shards import token_folder
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 Part = Literal["train", "holdout"]
+
+
+class LostShardsError(ShardReadError):
+    """More of a rank's shards could not be read than `LoaderConfig.max_lost_shard_fraction` allows."""
 
 
 def assign_shards(shards: Sequence[TokenShard], world_size: int) -> list[list[TokenShard]]:
@@ -109,7 +122,10 @@ class TokenShardLoader:
         for name in self.modalities:
             table.index(name)  # fails clearly for a modality outside the run's table
         self.masker = Masker(table, masking)
-        all_shards = list_token_shards(self.storage, self.modalities)
+        manifest = read_manifest(self.storage)
+        verify_shard_listing(self.storage, manifest, [token_folder(m) for m in self.modalities], sizes=False)
+        self.tokenizers = {m: folder_tokenizer(manifest, token_folder(m)) for m in self.modalities}
+        all_shards = list_token_shards(self.storage, self.modalities, manifest)
         assigned = assign_shards(all_shards, world_size)
         self.shards = assigned[rank]
         share = config.holdout_fraction if part == "holdout" else 1.0 - config.holdout_fraction
@@ -145,13 +161,16 @@ class TokenShardLoader:
         differing = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if differing:
             raise ValueError(f"loader state was saved under other settings (saved, now): {differing}")
+        if state.get("tokenizers", self.tokenizers) != self.tokenizers:  # states saved before hashes were kept load
+            raise ValueError(f"the data was retokenized since this loader state was saved: tokenizer hashes "
+                             f"{state['tokenizers']} then, {self.tokenizers} now")
         self._state = json.loads(json.dumps(state))
 
     def _epoch_start(self, epoch: int, mask_rng: np.random.Generator) -> dict:
         return {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size, "seed": self.config.seed,
-                "batch_size": self.config.batch_size, "shards": self._fingerprint, "epoch": epoch, "batches": 0,
-                "pass": 0, "block": 0, "cursor": 0, "offset": 0, "taken": 0, "skipped": [],
-                "mask_rng": mask_rng.bit_generator.state}
+                "batch_size": self.config.batch_size, "shards": self._fingerprint, "tokenizers": self.tokenizers,
+                "epoch": epoch, "batches": 0, "pass": 0, "block": 0, "cursor": 0, "offset": 0, "taken": 0,
+                "skipped": [], "mask_rng": mask_rng.bit_generator.state}
 
     # --- iteration ------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -247,6 +266,13 @@ class TokenShardLoader:
                 retries=self.config.read_retries, backoff_s=self.config.retry_backoff_s,
                 what=f"rank {self.rank}: reading shard {shard.shard}", log=log)
         except ShardReadError as error:
+            lost = len(state["skipped"]) + 1
+            if lost > self.config.max_lost_shard_fraction * len(self.shards):
+                raise LostShardsError(
+                    f"rank {self.rank}: shard {shard.shard} ({', '.join(self.storage.uri(u) for _, u in shard.uris)}) "
+                    f"could not be read after {self.config.read_retries + 1} tries ({error}); {lost} of the rank's "
+                    f"{len(self.shards)} shards lost, more than loader.max_lost_shard_fraction="
+                    f"{self.config.max_lost_shard_fraction} allows") from None
             log.warning("rank %d: skipping shard %d (%s) for the rest of epoch %d after %d failed reads: %s",
                         self.rank, shard.shard, ", ".join(self.storage.uri(uri) for _, uri in shard.uris),
                         state["epoch"], self.config.read_retries + 1, error)

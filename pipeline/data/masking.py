@@ -226,6 +226,9 @@ class Masker:
         for index, row in by_index:
             spec = self.table.specs[index]
             row = np.asarray(row, dtype=np.int64).reshape(-1)
+            if len(row) and not 0 <= row.min() <= row.max() < spec.vocab_size:
+                raise ValueError(f"{spec.name}: token ids {row.min()}..{row.max()} outside the run's vocabulary of "
+                                 f"{spec.vocab_size} (a tokenizer larger than vocab_sizes.{spec.name}?)")
             if spec.grid is not None and len(row) not in (0, spec.max_tokens):
                 raise ValueError(f"{spec.name}: a row of {len(row)} tokens, the run's table says {spec.max_tokens} "
                                  f"(a {spec.grid[0]}x{spec.grid[1]} grid)")

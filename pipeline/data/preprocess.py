@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,15 +25,15 @@ import ray.data
 
 from pipeline.data.labelers import get_labeler
 from pipeline.data.labelers.weights import required_weights
-from pipeline.data.manifest import write_manifest, write_quarantine
+from pipeline.data.manifest import read_manifest, write_manifest, write_quarantine
+from pipeline.data.output_checks import STATE_FILE, verify_shard_listing
 from pipeline.data.readers import WorkUnit, list_units
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, AlignmentError, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
+from pipeline.data.unique_keys import require_unique_keys
 from schemas.preprocess import LabelerConfig, PreprocessConfig
-from schemas.shards import AUX_FOLDERS, REPORT_FILE, ManifestRow, UnitRecord
-
-STATE_FILE = f"{UNITS_DIR}/state.json"
+from schemas.shards import AUX_FOLDERS, REPORT_FILE, ManifestRow, UnitRecord, token_folder
 
 
 class OutputConflictError(RuntimeError):
@@ -82,10 +83,39 @@ def plan_runs(storage: Storage, config: PreprocessConfig, units: list[WorkUnit] 
         if missing:
             raise OutputConflictError(f"cannot tokenize {missing}: {storage.root} has no label folders for them")
         runs.append(WritePlan("tokenize-" + "+".join(new), new, "tokenize"))
-    if [r.run for r in runs] != [r["run"] for r in state["runs"]]:
-        state["runs"] = [{"run": r.run, "modalities": list(r.modalities), "kind": r.kind} for r in runs]
+    made_by = tokenizers_of_runs(storage, config, state, runs)
+    if [r.run for r in runs] != [r["run"] for r in state["runs"]] or \
+            made_by != {r["run"]: r["tokenizers"] for r in state["runs"] if "tokenizers" in r}:
+        state["runs"] = [{"run": r.run, "modalities": list(r.modalities), "kind": r.kind,
+                          **({"tokenizers": made_by[r.run]} if r.run in made_by else {})} for r in runs]
         storage.write_atomic(STATE_FILE, json.dumps(state, sort_keys=True).encode())
     return runs
+
+
+def tokenizers_of_runs(storage: Storage, config: PreprocessConfig, state: dict,
+                       runs: list[WritePlan]) -> dict[str, dict[str, str]]:
+    """Tokenize run -> modality -> content hash of the tokenizer that run writes with: recorded when the run first
+    meets it, and from then on the only one it accepts. A rerun configured with another tokenizer for a folder
+    already begun would leave one folder written by two tokenizers: refused, unless --overwrite starts afresh."""
+    made_by = {r["run"]: dict(r.get("tokenizers", {})) for r in state["runs"] if r.get("kind") == "tokenize"}
+    tokenize_runs = [plan for plan in runs if plan.kind == "tokenize"]
+    if "tokenize" not in config.stages or not tokenize_runs:
+        return made_by
+    # Here, not at the top: loading a tokenizer imports torch, which a label run never needs.
+    from pipeline.data.tokenize import tokenizer_hashes
+
+    wanted = {m for plan in tokenize_runs for m in plan.modalities}
+    configured = tokenizer_hashes({m: uri for m, uri in config.tokenizer_uris().items() if m in wanted},
+                                  config.storage)
+    for plan in tokenize_runs:
+        hashes = made_by.setdefault(plan.run, {})
+        for modality in plan.modalities:
+            if modality in configured and hashes.setdefault(modality, configured[modality]) != configured[modality]:
+                raise OutputConflictError(
+                    f"{storage.uri(token_folder(modality))} was begun with another tokenizer (content hash "
+                    f"{hashes[modality][:12]}) than the one configured for {modality} ({configured[modality][:12]}); "
+                    f"rerun preprocess with --overwrite to retokenize it all")
+    return made_by
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,11 +224,27 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
         else:
             processed |= run_units(config, plan, source, output, units, log, nodes)
     if not processed and output.exists(REPORT_FILE) and _report_covers(output, runs):
-        return json.loads(output.read_bytes(REPORT_FILE))  # a finished job: rerunning it changes nothing
+        if _manifest_current(output, runs, shards):
+            return json.loads(output.read_bytes(REPORT_FILE))  # a finished job: rerunning it changes nothing
+        log(f"preprocess: {output.uri('manifest.parquet')} is missing or differs from the unit records; rebuilding it")
     report = finalize(output, config, runs, shards, time.perf_counter() - started, processed)
     report["units_per_node_this_run"] = dict(sorted(nodes.items()))
     output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())  # the report's one write
     return report
+
+
+def _manifest_current(output: Storage, runs: list[WritePlan], shards: int) -> bool:
+    """Whether the manifest holds exactly the rows the runs' unit records committed (and the shards are there, as
+    `verify_shard_listing` checks): a deleted or edited manifest is not trusted, the records rebuild it."""
+    expected = [row for plan in runs for i in range(shards)
+                for row in UnitRecord.from_json(output.read_bytes(plan.record_path(i))).manifest]
+    verify_shard_listing(output, expected, sorted({row.folder for row in expected}))
+    try:
+        found = read_manifest(output)
+    except FileNotFoundError:
+        return False
+    order = operator.attrgetter("folder", "shard")
+    return sorted(found, key=order) == sorted(expected, key=order)
 
 
 def _report_covers(output: Storage, runs: list[WritePlan]) -> bool:
@@ -240,8 +286,9 @@ def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, sha
     # Here, not at the top: it imports the tokenizers and with them torch (~1.3 s), which a label run never needs.
     from pipeline.data.tokenize import tokenize_shard
 
+    made_by = {r["run"]: r.get("tokenizers", {}) for r in json.loads(output.read_bytes(STATE_FILE))["runs"]}
     stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizer_uris(),
-                    storage_config=config.storage)
+                    storage_config=config.storage, expected_hashes=made_by.get(plan.run, {}))
     set_data_context(single_operator=True)
     ds = ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
     for count, row in enumerate(ds.map_batches(stage, batch_size=1).iter_rows(), start=1):
@@ -267,7 +314,9 @@ def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], s
     records = {plan.run: [UnitRecord.from_json(output.read_bytes(plan.record_path(i))) for i in range(shards)]
                for plan in runs}
     base = records[BASE_RUN]
+    require_unique_keys(output, {record.unit: record.source for record in base})  # before the manifest names them
     rows = [row for run in records.values() for record in run for row in record.manifest]
+    verify_shard_listing(output, rows, sorted({row.folder for row in rows}))  # every shard there, as recorded
     write_manifest(output, rows)
     quarantine = [q for record in base for q in record.quarantine]  # only the base run decides which samples exist
     write_quarantine(output, quarantine)

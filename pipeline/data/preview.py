@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline.data.manifest import read_manifest
 from pipeline.data.tar_io import iterate_shard
 from pipeline.data.storage import Storage
+from schemas.labels import read_palette
 
 
 def _image(payload: bytes) -> np.ndarray:
@@ -23,10 +24,10 @@ def _image(payload: bytes) -> np.ndarray:
 
 
 def _palette_strip(payload: bytes, height: int = 16, width: int = 112) -> np.ndarray:
-    palette = json.loads(payload)
+    palette = read_palette(json.loads(payload))
     strip = np.full((height, width, 3), 255, dtype=np.uint8)
     start = 0
-    for color, fraction in zip(palette["colors"], palette["fractions"]):
+    for color, fraction in zip(palette.colors, palette.fractions):
         stop = start + max(1, round(fraction * width))
         strip[:, start:stop] = color
         start = stop

@@ -5,7 +5,10 @@ of image files with sidecar `.txt`/`.json`. The listing is sorted, so unit N is 
 output shard N is made from it (which is what makes resume and byte-identical reruns possible).
 
 Tars are read as a stream and never extracted: member names are only used to group samples, and a member that
-is absolute, climbs with `..`, or is not a regular file is quarantined, never followed.
+is absolute, climbs with `..`, is sparse or not a regular file is quarantined, never followed. Nothing is read
+before its size is known and checked: a member's from its tar header, a file's from fstat (or a bounded ranged GET
+on S3). Compressed tars are refused outright, since their headers say nothing about what a few bytes expand to;
+and no reader follows a symbolic link (see `Storage.read_input`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from pipeline.data.storage import Storage
+from pipeline.data.storage import Storage, TooLargeError, UnsafeInputError
 from schemas.keys import InvalidKeyError, sanitize_key, validate_key
 from schemas.preprocess import ReaderConfig
 from schemas.shards import QuarantineRecord, Reason, Stage
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TAR_EXTS = (".tar",)
+# The magic numbers of the compressions tarfile would otherwise undo on the fly ("r|*").
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+                     b"\x5d\x00\x00": "lzma"}
 
 
 class InputError(RuntimeError):
@@ -76,6 +82,8 @@ def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
     """Sorted, deterministic work units of the input root."""
     if not storage.exists():
         raise InputError(f"input {storage.root} does not exist")
+    if not storage.is_dir():
+        raise InputError(f"input {storage.root} is a file, not a folder; give the folder (or prefix) that holds it")
     try:
         files = [f for f in storage.list() if not posixpath.basename(f).startswith(".")]
     except OSError as exc:
@@ -89,8 +97,12 @@ def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
     if fmt == "parquet":
         units: list[WorkUnit] = []
         for path in (f for f in files if f.endswith(".parquet")):
-            with storage.open(path) as handle:
-                num_rows = pq.ParquetFile(handle).metadata.num_rows
+            try:
+                with storage.open_input(path) as handle:
+                    num_rows = pq.ParquetFile(handle).metadata.num_rows
+            except UnsafeInputError:  # an empty unit: reading it yields the refusal as a quarantine record
+                units.append(WorkUnit(len(units), fmt, path, rows=(0, 0)))
+                continue
             for start in range(0, num_rows, config.samples_per_unit):
                 stop = min(start + config.samples_per_unit, num_rows)
                 units.append(WorkUnit(len(units), fmt, path, rows=(start, stop)))
@@ -114,8 +126,17 @@ def read_unit(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Iterato
     reader = {"webdataset": _read_tar, "parquet": _read_parquet, "folder": _read_folder}[unit.format]
     try:
         yield from reader(storage, unit, config)
-    except (OSError, tarfile.TarError, ValueError) as exc:  # the source itself is unreadable
-        yield QuarantineRecord(storage.uri(unit.path), "*", Stage.READ, Reason.UNREADABLE, f"{type(exc).__name__}: {exc}")
+    except (OSError, tarfile.TarError, ValueError) as exc:  # the source itself is refused or unreadable
+        yield refusal(storage.uri(unit.path), "*", exc)
+
+
+def refusal(uri: str, key: str, exc: Exception) -> QuarantineRecord:
+    """The quarantine record of a file the storage refused or could not read."""
+    if isinstance(exc, UnsafeInputError):
+        return QuarantineRecord(uri, key, Stage.READ, Reason.UNSAFE_MEMBER, str(exc))
+    if isinstance(exc, TooLargeError):
+        return QuarantineRecord(uri, key, Stage.READ, Reason.DECOMPRESSION_BOMB, f"{exc}; not read")
+    return QuarantineRecord(uri, key, Stage.READ, Reason.UNREADABLE, f"{type(exc).__name__}: {exc}")
 
 
 def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
@@ -126,6 +147,8 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
         return "member name climbs out with '..'"
     if member.issym() or member.islnk():
         return f"link member (-> {member.linkname!r})"
+    if member.issparse():  # a few KB of map that reading would expand to member.size bytes of zeros
+        return f"sparse member ({member.size} bytes once its holes are filled)"
     if not member.isfile():
         return "not a regular file" if not member.isdir() else None
     return None
@@ -143,8 +166,16 @@ def _read_tar(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Iterato
     seen: set[str] = set()
     current: RawSample | None = None
     current_bad: str | None = None  # key of a group that already met an unsafe member
-    with storage.open(unit.path) as handle:
-        tar = tarfile.open(fileobj=handle, mode="r|*")
+    with storage.open_input(unit.path) as handle:
+        magic = handle.read(6)
+        handle.seek(0)
+        compression = next((name for prefix, name in COMPRESSION_MAGIC.items() if magic.startswith(prefix)), None)
+        if compression:
+            yield QuarantineRecord(uri, "*", Stage.READ, Reason.UNSAFE_MEMBER,
+                                   f"{compression}-compressed tar refused: its member sizes say nothing about what "
+                                   "it expands to; give uncompressed tars (as img2dataset writes)")
+            return
+        tar = tarfile.open(fileobj=handle, mode="r|")
         try:
             for member in tar:
                 if member.isdir():
@@ -173,7 +204,13 @@ def _read_tar(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Iterato
                         continue
                     seen.add(key)
                     current = RawSample(key=key, source_uri=uri)
-                payload = tar.extractfile(member).read()  # regular file, checked above
+                if member.size > config.max_member_bytes:  # the sample goes whole: no partial sample is written
+                    yield QuarantineRecord(uri, key, Stage.READ, Reason.DECOMPRESSION_BOMB,
+                                           f"{member.name}: {member.size} bytes by its tar header > "
+                                           f"reader.max_member_bytes {config.max_member_bytes}; not read")
+                    current, current_bad = None, key
+                    continue
+                payload = tar.extractfile(member).read()  # regular file, size checked above
                 _attach(current, ext, payload)
         except (tarfile.ReadError, EOFError, OSError) as exc:
             where = f"after {current.key!r}" if current else "at the start"
@@ -199,7 +236,7 @@ def _attach(sample: RawSample, ext: str, payload: bytes) -> None:
 def _read_parquet(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Iterator[ReadItem]:
     uri = storage.uri(unit.path)
     start, stop = unit.rows
-    with storage.open(unit.path) as handle:
+    with storage.open_input(unit.path) as handle:
         table = pq.read_table(handle)
     missing = [c for c in (config.image_column,) if c not in table.column_names]
     if missing:
@@ -214,7 +251,10 @@ def _read_parquet(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Ite
         if isinstance(image, str):  # a path relative to the parquet file's folder
             relative = posixpath.normpath(posixpath.join(posixpath.dirname(unit.path), image))
             try:
-                image = storage.read_bytes(relative)
+                image = storage.read_input(relative, config.max_member_bytes)
+            except (UnsafeInputError, TooLargeError) as exc:
+                yield refusal(sample.source_uri, key, exc)
+                continue
             except (OSError, ValueError) as exc:
                 yield QuarantineRecord(sample.source_uri, key, Stage.READ, Reason.MISSING_IMAGE, str(exc))
                 continue
@@ -225,17 +265,23 @@ def _read_parquet(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Ite
 
 
 def _read_folder(storage: Storage, unit: WorkUnit, config: ReaderConfig) -> Iterator[ReadItem]:
+    seen: set[str] = set()
     for path in unit.files:
         stem = posixpath.splitext(path)[0]
         key = sanitize_key(stem.replace("/", "_"))
         sample = RawSample(key=key, source_uri=storage.uri(path))
-        try:
-            sample.image = storage.read_bytes(path)
-        except OSError as exc:
-            yield QuarantineRecord(sample.source_uri, key, Stage.READ, Reason.UNREADABLE, str(exc))
+        if key in seen:  # x.jpg and x.png, or a/b.jpg and a_b.jpg: one key, and only the first is the sample
+            yield QuarantineRecord(sample.source_uri, key, Stage.READ, Reason.DUPLICATE_KEY,
+                                   "another file of this unit has the same key")
             continue
-        for ext in ("txt", "json"):
-            sidecar = f"{stem}.{ext}"
-            if storage.exists(sidecar):
-                _attach(sample, ext, storage.read_bytes(sidecar))
+        seen.add(key)
+        try:
+            sample.image = storage.read_input(path, config.max_member_bytes)
+            for ext in ("txt", "json"):
+                sidecar = f"{stem}.{ext}"
+                if storage.exists(sidecar):
+                    _attach(sample, ext, storage.read_input(sidecar, config.max_member_bytes))
+        except (OSError, ValueError) as exc:
+            yield refusal(sample.source_uri, key, exc)
+            continue
         yield sample

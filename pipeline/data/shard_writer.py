@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from pipeline.data.decode import stored_crop_settings
 from pipeline.data.encoding import encode_json, encode_npy
 from pipeline.data.stages import Batch, ok_mask, payload_column
 from pipeline.data.storage import Storage
@@ -114,9 +115,12 @@ def commit_unit(storage: Storage, index: int, label: str, batch: Batch | None, p
         payloads = [batch[payload_column(modality)][i] for i in good]
         folders[modality] = (modality, get_modality(modality).ext, payloads)
     if plan.is_base:
-        folders[CROP_SETTINGS_FOLDER] = (None, "npy", [encode_npy(batch["crop"][i][None, :]) for i in good])
+        folders[CROP_SETTINGS_FOLDER] = (None, "npy", [
+            encode_npy(stored_crop_settings(batch["pixels"][i].shape[0])) for i in good
+        ])
         folders[SOURCE_FOLDER] = (None, "json", [
-            encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i]}) for i in good
+            encode_json({"uri": batch["source_uri"][i], "key": batch["key"][i],
+                         "crop": batch["crop"][i][:4].tolist()}) for i in good
         ])
         folders[ANNOTATIONS_FOLDER] = (None, "json", [batch["annotations"][i] for i in good])
     manifest = tuple(

@@ -8,12 +8,12 @@ from __future__ import annotations
 import io
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.data.manifest import folder_rows, read_manifest
+from pipeline.data.manifest import folder_rows, read_manifest, shard_location
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import ShardReadError, iterate_shard, read_shard_bytes
 from schemas.batch import ModalitySpec, ModalityTable
@@ -101,7 +101,7 @@ def read_token_shard(storage: Storage, shard: TokenShard, verify_checksums: bool
     """All samples of one shard number: its modality tars read side by side, keys checked equal."""
     columns: list[list[tuple[str, dict]]] = []
     for (modality, uri), digest in zip(shard.uris, shard.sha256):
-        payload = read_shard_bytes(storage, uri, digest if verify_checksums else None)
+        payload = read_shard_bytes(*shard_location(storage, uri), digest if verify_checksums else None)
         try:
             members = list(iterate_shard(payload))
         except Exception as exc:  # any failure to parse the tar: truncation, bad headers
@@ -129,9 +129,10 @@ def read_token_shard(storage: Storage, shard: TokenShard, verify_checksums: bool
     return samples
 
 
-def modality_table_from_output(root: str, modalities: Sequence[str],
-                               storage_config: StorageConfig | None = None) -> ModalityTable:
-    """The run's ModalityTable from a preprocess output's manifest.
+def modality_table_from_output(root: str, modalities: Sequence[str], storage_config: StorageConfig | None = None,
+                               vocab_sizes: Mapping[str, int] | None = None) -> ModalityTable:
+    """The run's ModalityTable from a preprocess output's manifest; vocabularies are the registry's unless
+    `vocab_sizes` sizes a modality's tables to its tokenizer.
 
     Fixed-length modalities (grids, global embeddings) take the row length the output actually has (e.g. 8x8 = 64
     tokens for 64 px images): the manifest's longest row of the token folder, or, in a manifest written before that
@@ -156,5 +157,5 @@ def modality_table_from_output(root: str, modalities: Sequence[str],
                 raise ValueError(f"{folder}: rows of up to {length} tokens, the registry bounds {name} at "
                                  f"{modality.token_budget}")
             length = modality.token_budget
-        specs.append(ModalitySpec.from_registry(modality.name, length))
+        specs.append(ModalitySpec.from_registry(modality.name, length, (vocab_sizes or {}).get(modality.name)))
     return ModalityTable.of(specs)

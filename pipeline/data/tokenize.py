@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.data.output_checks import TokenizerMismatchError
 from pipeline.data.shard_writer import WritePlan
 from pipeline.data.stages import Batch
 from pipeline.data.storage import Storage
@@ -28,13 +29,23 @@ def load_tokenizer_from(uri: str, config: StorageConfig) -> Tokenizer:
     return tokenizer_from_files(files)
 
 
+def tokenizer_hashes(uris: dict[str, str], config: StorageConfig) -> dict[str, str]:
+    """Modality -> content hash of the tokenizer at each URI (what the manifest rows it writes will record)."""
+    return {modality: load_tokenizer_from(uri, config).content_hash for modality, uri in uris.items()}
+
+
 def tokenize_shard(shards: Batch, *, storage: Storage, plan: WritePlan, tokenizers: dict[str, str],
-                   storage_config: StorageConfig) -> Batch:
-    """Ray Data stage: tokenize shard N of every modality of the plan, then commit its record."""
+                   storage_config: StorageConfig, expected_hashes: dict[str, str] | None = None) -> Batch:
+    """Ray Data stage: tokenize shard N of every modality of the plan, then commit its record. A tokenizer whose
+    content is not `expected_hashes`' (replaced on storage after the run began) fails the shard."""
     (index,) = (int(i) for i in shards["unit"])
     manifest = []
     for modality in plan.modalities:
         tokenizer = load_tokenizer_from(tokenizers[modality], storage_config)
+        expected = (expected_hashes or {}).get(modality, tokenizer.content_hash)
+        if tokenizer.content_hash != expected:
+            raise TokenizerMismatchError(f"{tokenizers[modality]} changed while tokenizing {plan.run}: content hash "
+                                         f"{tokenizer.content_hash[:12]}, the run began with {expected[:12]}")
         members = list(iterate_shard(storage.read_bytes(shard_relpath(modality, index))))
         rows = encode_members(tokenizer, modality, [next(iter(fields.values())) for _, fields in members])
         manifest.append(commit_token_shard(

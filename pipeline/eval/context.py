@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.manifest import folder_rows, read_manifest
+from pipeline.data.output_checks import folder_tokenizer, require_tokenizer
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import iterate_shard
 from pipeline.data.token_shards import list_token_shards, read_token_shard
 from pipeline.eval.registry import ExternalDataset, Task, TokenSplit
 from schemas.evaluate import EvaluateConfig
 from schemas.keys import in_holdout
+from schemas.shards import token_folder
 
 
 @dataclass
@@ -57,13 +59,18 @@ class TaskContext:
         return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
     def tokenizer(self, modality: str) -> Any:
+        """The configured tokenizer of `modality`, refused unless it is the one that wrote the data's token folder
+        (another one would decode the ids with another vocabulary and still report a score)."""
         from pipeline.data.tokenize import load_tokenizer_from
 
         directory = self.config.tokenizers.get(modality)
         if directory is None:
             raise ValueError(f"task {self.task.name!r} needs the {modality} tokenizer: set tokenizers.{modality} "
                              f"in the evaluate config")
-        return load_tokenizer_from(directory, self.config.storage)
+        tokenizer = load_tokenizer_from(directory, self.config.storage)
+        if self.config.data is not None:
+            require_tokenizer(read_manifest(self.storage), modality, tokenizer.content_hash, self.storage.uri())
+        return tokenizer
 
     @functools.cached_property
     def storage(self) -> Storage:
@@ -96,6 +103,8 @@ class TaskContext:
 def read_split(storage: Storage, split: TokenSplit, max_samples: int) -> list[EvalSample]:
     """Token rows of `split.modalities` plus the aux folders' members, shard by shard, keys aligned."""
     manifest = read_manifest(storage)
+    for modality in split.modalities:
+        folder_tokenizer(manifest, token_folder(modality))  # one tokenizer per folder, or refused
     aux_rows = {(folder, row.shard): row for folder in split.aux for row in folder_rows(manifest, folder)}
     samples: list[EvalSample] = []
     for shard in list_token_shards(storage, list(split.modalities), manifest):

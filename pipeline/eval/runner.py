@@ -137,8 +137,11 @@ def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task], checkpoints: S
     for checkpoint in checkpoints or [None]:
         for task in tasks:
             resources = config.resources_of(task.name, task.resources)
+            # "DEFAULT": the task asks the cluster for its own resources, even when the caller runs inside a
+            # placement group that would capture it (a study's Tune trial, whose group holds no CPU).
             ref = _evaluate_remote.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                                           name=f"eval:{task.name}").remote(task, checkpoint, config)
+                                           name=f"eval:{task.name}", scheduling_strategy="DEFAULT",
+                                           ).remote(task, checkpoint, config)
             pending[ref] = (task, checkpoint, time.time())
     total, rows = len(pending), []
     progress(f"evaluate: {total} task runs submitted ({len(tasks)} tasks x {len(checkpoints or [None])} checkpoints)")

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import pandas as pd
 
 from pipeline.data.storage import Storage, arrow_filesystem
-from pipeline.study.plan import PlannedRun, concurrency, plan_study, run_config
-from pipeline.study.records import RUNS, TUNE, claim_folder, error_line, finish_attempt, mark_failed, start_attempt
+from pipeline.study.plan import PlannedRun, concurrency, family, plan_study, run_config, trial_seconds
+from pipeline.study.records import (RUNS, TUNE, claim_folder, error_line, finish_attempt, mark_failed, read_record,
+                                    start_attempt)
 from pipeline.study.results import latest_loss, results_table, run_metrics, write_results
-from schemas.study import StudySpec
+from schemas.study import RunRecord, StudySpec
 
 # Tune will not schedule a trial that asks for nothing; one byte of the `memory` resource is the smallest real ask
 # (a CPU, even a fraction of one, would be taken from the runs' workers).
@@ -27,23 +28,40 @@ TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
 
 
 def run_trial(config: dict, *, spec: StudySpec, study_root: str) -> None:
-    """One Tune trial: train (or resume) the run `config["run"]`, evaluate it, record the outcome."""
+    """One Tune trial: train (or resume) the run `config["run"]`, and the WSD cooldowns that branch off it, each
+    evaluated and recorded. A retried trial skips the members already done."""
     from ray import tune
 
-    from pipeline.train.trainer import run_pretrain
-
-    run = {r.run_id: r for r in plan_study(spec)}[config["run"]]
+    runs = plan_study(spec)
     study = Storage(study_root, spec.pretrain.storage)
+    members = family(runs, config["run"])
+    seconds = 0.0
+    for run in members:
+        record = read_record(study, run.run_id)
+        if record is None or record.status != "done":
+            trunk = members[0] if run.trunk else None
+            seconds += train_and_record(spec, run, study, trunk).seconds
+    step, loss = latest_loss(run_metrics(study, members[-1].run_id))
+    tune.report({"step": step, "val_loss": loss, "seconds": seconds})
+
+
+def train_and_record(spec: StudySpec, run: PlannedRun, study: Storage, trunk: PlannedRun | None) -> RunRecord:
+    """Train (or resume) one run, from `trunk`'s checkpoint at the run's branch step if it is a cooldown; evaluate
+    it; record the attempt and its outcome. An error is recorded, then raised again: Tune decides on a retry."""
+    from pipeline.train.trainer import checkpoint_at_step, run_pretrain
+
     record = start_attempt(study, run.run_id)
     try:
-        summary = run_pretrain(run_config(spec, run, storage_path=study.uri(RUNS)))
+        init_from = None
+        if trunk is not None:
+            trunk_config = run_config(spec, trunk, storage_path=study.uri(RUNS))
+            init_from = checkpoint_at_step(trunk_config, run.branch_step)
+        summary = run_pretrain(run_config(spec, run, storage_path=study.uri(RUNS), init_from=init_from))
         evaluation = evaluate_run(spec, run, summary["checkpoint"], study) if spec.evaluation.tasks else {}
-    except Exception as exc:  # recorded, then raised again: Tune decides whether to retry
+    except Exception as exc:
         finish_attempt(study, record, error=f"{type(exc).__name__}: {exc}")
         raise
-    record = finish_attempt(study, record, evaluation=evaluation)
-    step, loss = latest_loss(run_metrics(study, run.run_id))
-    tune.report({"step": step, "val_loss": loss, "seconds": record.seconds})
+    return finish_attempt(study, record, evaluation=evaluation)
 
 
 def evaluate_run(spec: StudySpec, run: PlannedRun, checkpoint: str, study: Storage) -> dict[str, float]:
@@ -123,9 +141,11 @@ def run_study(spec: StudySpec, storage: Storage, *, cluster_resources: dict[str,
                                    restart_errored=True, storage_filesystem=filesystem)
     else:
         slots = concurrency(spec, cluster_resources)
-        progress(f"{len(runs)} runs, {slots} at a time, in {storage.uri()}")
-        # Longest first, so that the last runs to start are short ones (the plan's makespan assumes this order).
-        order = [r.run_id for r in sorted(runs, key=lambda r: -r.est_seconds)]
+        # One trial per run, or per WSD family (trunk and cooldowns, trained in turn). Longest first, so that the
+        # last trials to start are short ones (the plan's makespan assumes this order).
+        order = sorted(trial_seconds(runs), key=lambda trunk: -trial_seconds(runs)[trunk])
+        trials = "" if len(order) == len(runs) else f" in {len(order)} trials (WSD trunks train their cooldowns)"
+        progress(f"{len(runs)} runs{trials}, {slots} at a time, in {storage.uri()}")
         tuner = tune.Tuner(
             trainable,
             param_space={"run": tune.grid_search(order)},
@@ -133,11 +153,14 @@ def run_study(spec: StudySpec, storage: Storage, *, cluster_resources: dict[str,
             run_config=tune.RunConfig(
                 name=TUNE, storage_path=root, storage_filesystem=filesystem, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.retries),
-                callbacks=[_progress_callback(len(runs), progress)]))
+                callbacks=[_progress_callback(len(order), progress)]))
     grid = tuner.fit()
     for result in grid:
         if result.error is not None:
-            mark_failed(storage, result.config["run"], f"{type(result.error).__name__}: {result.error}")
+            for run in family(runs, result.config["run"]):
+                record = read_record(storage, run.run_id)
+                if record is None or record.status != "done":
+                    mark_failed(storage, run.run_id, f"{type(result.error).__name__}: {result.error}")
     table = results_table(spec, storage)
     write_results(storage, table)
     return table

@@ -1,7 +1,9 @@
 """Image-like and feature-map tokenizers: a convolutional autoencoder with an FSQ or VQ bottleneck.
 
 The encoder halves the resolution once per stage after the first (`widths` = one width per stage), so a 64 px map
-with four stages becomes an 8x8 grid: 64 tokens, row-major, as the batch contract numbers grid positions. The
+with four stages becomes an 8x8 grid: 64 tokens, row-major, as the batch contract numbers grid positions. Unless
+`widths` is set, the stage count follows `schemas.token_grids.image_patch_size`: 4M's 16 px patches from 224 px up
+(five stages: 224 px -> 14x14 = 196 tokens, 4M-21's shape), 8 px below (four stages: 64 px -> 8x8). The
 decoder mirrors it with nearest upsampling + convolution. 4M uses ViT tokenizers at 224 px on GPUs; residual convs
 reach the same kind of discrete bottleneck at a fraction of the compute, which is what a CPU-sized tokenizer
 needs, and nothing else in Tessera depends on the choice. Feature maps (CLIP/DINOv2 patch features) already are
@@ -10,7 +12,11 @@ grids: one stage, no downsampling, one token per patch.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+import pydantic
 import torch
 from pydantic import Field
 from torch import nn
@@ -19,12 +25,23 @@ from pipeline.tokenizers.base import register_family
 from pipeline.tokenizers.neural import NeuralSettings, NeuralTokenizer
 from pipeline.tokenizers.quantizers import Quantized
 from schemas.modalities import TokenizerFamily
+from schemas.token_grids import image_patch_size
+
+WIDTHS = (16, 32, 64, 128, 256)  # per stage; the first four make 64 px an 8x8 grid, all five 224 px 14x14
 
 
 class ImageSettings(NeuralSettings):
     resolution: int = Field(default=64, ge=1)  # input side (pixels, or patches for feature maps)
-    widths: tuple[int, ...] = Field(default=(16, 32, 64, 128), min_length=1)  # 64 px -> 8x8 tokens
+    widths: tuple[int, ...] = Field(default=(), min_length=1)  # default: WIDTHS up to the resolution's patch
     blocks: int = Field(default=1, ge=0)  # residual blocks per stage
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _default_widths(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("widths") is None:
+            stages = int(math.log2(image_patch_size(int(data.get("resolution", 64))))) + 1
+            data = {**data, "widths": WIDTHS[:stages]}
+        return data
 
     @property
     def downsample(self) -> int:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from schemas.labels import read_detections, read_palette
 from schemas.modalities import TokenizerFamily, get_modality
 from schemas.registry import Registry
 
@@ -219,7 +220,8 @@ COORDINATE_BINS = VALUE_BINS
 
 @register_serializer
 class BoxesSerializer(SequenceSerializer):
-    """`det`: {"width", "height", "objects": [{"box": [x0, y0, x1, y1] in pixels, "class": name}, ...]}.
+    """`det`: {"width", "height", "objects": [{"box": [x0, y0, x1, y1] in pixels, "class": name}, ...]}, or
+    ml-4m's {"instances": [{"boxes", "class_name", "score"}, ...]} (schemas/labels.py; its threshold and order).
 
     Coordinates are binned relative to the image size (1000 bins per axis); objects keep the labeler's order,
     which is therefore their priority under truncation. Extra keys on objects (scores, ids) are not written.
@@ -228,9 +230,13 @@ class BoxesSerializer(SequenceSerializer):
     modality = "det"
 
     def elements(self, record: dict) -> list[str]:
-        width, height = _positive(record, "width"), _positive(record, "height")
+        if "instances" in record:  # ml-4m's record (schemas/labels.py): boxes are already fractions of the image
+            width = height = 1.0
+            objects = [{"box": d.box, "class": d.name} for d in read_detections(record)]
+        else:
+            width, height, objects = _positive(record, "width"), _positive(record, "height"), record["objects"]
         runs = []
-        for obj in record["objects"]:
+        for obj in objects:
             x0, y0, x1, y1 = (float(v) for v in obj["box"])
             name = " ".join(str(obj["class"]).split())
             if not name or any(parse_value_token(word) for word in name.split()):
@@ -267,7 +273,9 @@ CHANNEL_RANGE = ValueRange(0, 256, bins=256, integer=True)  # one bin per 8-bit 
 
 @register_serializer
 class PaletteSerializer(SequenceSerializer):
-    """`color_palette`: {"colors": [[r, g, b], ...], "fractions": [...]} -> `v0=n` then `v1=r v2=g v3=b` per colour.
+    """`color_palette`: Tessera's palette {"colors": [[r, g, b], ...], "fractions": [...]} -> `v0=n` then
+    `v1=r v2=g v3=b` per colour. The member is the record ml-4m reads (schemas/labels.py), which holds it beside
+    ml-4m's palettes of sizes 1-7.
 
     Colours are most frequent first (the labeler's order); fractions are not written, as in 4M-21, whose 23-token
     budget is exactly 7 colours: 1 + 3 x 7 + EOS.
@@ -275,9 +283,9 @@ class PaletteSerializer(SequenceSerializer):
 
     modality = "color_palette"
 
-    def elements(self, record: dict) -> list[str]:
+    def elements(self, record: list | dict) -> list[str]:
         runs = []
-        for color in record["colors"]:
+        for color in read_palette(record).colors:
             if len(color) != 3:
                 raise ValueError(f"color_palette: colour {color!r} is not [r, g, b]")
             runs.append(" ".join(value_token(g + 1, CHANNEL_RANGE.quantize(c)) for g, c in enumerate(color)))
@@ -293,16 +301,18 @@ class PaletteSerializer(SequenceSerializer):
 
 
 # Every metadata key and how it is binned, in the order written (and kept under truncation). A labeler that
-# writes a new key adds one row here; an unknown key is an error, never silently dropped.
+# writes a new key adds one row here (and its scale in schemas/labels.py); an unknown key is an error, never
+# silently dropped. Values are on ml-4m's scales (schemas/labels.py); Tessera bins them finer: 1000 bins over the
+# range the values can take, where ml-4m uses 50 over its clipping range.
 METADATA_KEYS: dict[str, ValueRange] = {
     "original_width": ValueRange(0, 5000, integer=True),
     "original_height": ValueRange(0, 5000, integer=True),
     "caption_n_chars": ValueRange(0, 1000, integer=True),
     "caption_n_words": ValueRange(0, 1000, integer=True),
-    "brightness": ValueRange(0.0, 1.0),
-    "contrast": ValueRange(0.0, 1.0),
-    "saturation": ValueRange(0.0, 1.0),
-    "colorfulness": ValueRange(0.0, 1.0),
+    "brightness": ValueRange(0.0, 255.0),  # 8-bit grey levels
+    "contrast": ValueRange(0.0, 127.5),  # the largest standard deviation of 8-bit levels
+    "saturation": ValueRange(0.0, 255.0),
+    "colorfulness": ValueRange(0.0, 150.0),  # ml-4m's clipping point
     "entropy": ValueRange(0.0, 8.0),  # bits of an 8-bit grey histogram
 }
 

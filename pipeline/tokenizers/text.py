@@ -9,6 +9,11 @@ Ids are fixed for the reserved tokens and learned after them:
 Reserved tokens are atomic: the pre-tokenizer never splits `v0=123` or `[S_7]`. Value bins and structure words
 are ordinary (non-special) tokens, so any decoder keeps them; PAD, UNK, SOS, EOS and sentinels are special.
 Text is normalised BERT-style (lowercase, accents stripped) and split on whitespace and punctuation.
+
+`tokenizer.json` appends [EOS] to every encoding (Tessera's rows are EOS-terminated). apple/ml-4m's masking
+appends [EOS] itself after `Tokenizer.encode`, so the same vocabulary is saved beside as `tokenizer_ml4m.json`,
+without that post-processor: give ml-4m that file (its `text_tokenizer_path`). The ids of PAD, EOS, the
+sentinels and the value bins are those of ml-4m's own 30k vocabulary (0, 3, 4..203, 204..4203).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from schemas.modalities import SHARED_TEXT_VOCAB, TokenizerFamily
 PAD, UNK, SOS, EOS = "[PAD]", "[UNK]", "[SOS]", "[EOS]"
 NUM_SENTINELS = 200
 TOKENIZER_FILE = "tokenizer.json"
+ML4M_TOKENIZER_FILE = "tokenizer_ml4m.json"  # the same vocabulary for ml-4m: no [EOS] appended on encode
 SUBWORD_PREFIX = "##"
 # Characters outside the alphabet become [UNK]; extend it for other scripts. Text is lowercased first.
 ASCII_ALPHABET = string.ascii_lowercase + string.digits + string.punctuation
@@ -121,9 +127,17 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, *, min_frequency: int
     settings = WordPieceSettings(requested_vocab_size=vocab_size, min_frequency=min_frequency, alphabet=alphabet,
                                  structure_words=words)
     config = TokenizerConfig(family=TokenizerFamily.WORDPIECE, tokenizer_id=f"wordpiece/{name}",
-                             vocab_size=hf.get_vocab_size(with_added_tokens=True), files=(TOKENIZER_FILE,),
+                             vocab_size=hf.get_vocab_size(with_added_tokens=True),
+                             files=(TOKENIZER_FILE, ML4M_TOKENIZER_FILE),
                              settings=settings.model_dump(mode="json"))
     return TextTokenizer(config, tokenizer_json)
+
+
+def without_eos(tokenizer_json: bytes) -> bytes:
+    """The HF tokenizer file with no post-processor: `encode` returns the text's tokens only, as ml-4m expects."""
+    spec = json.loads(tokenizer_json)
+    spec["post_processor"] = None
+    return HFTokenizer.from_str(json.dumps(spec)).to_str(pretty=True).encode("utf-8")
 
 
 # WordPiece loses the spacing around punctuation; decoding puts it back by fixed English rules: no space before
@@ -215,8 +229,14 @@ class TextTokenizer(Tokenizer):
         return [row[row != self.pad_id] for row in ids]  # PAD only ever trails: rows are stored at their own length
 
     def payload_files(self) -> dict[str, bytes]:
-        return {TOKENIZER_FILE: self._tokenizer_json}
+        # Tokenizers saved before the ml-4m variant existed list only tokenizer.json; their identity stays the same.
+        files = {TOKENIZER_FILE: self._tokenizer_json, ML4M_TOKENIZER_FILE: without_eos(self._tokenizer_json)}
+        return {name: data for name, data in files.items() if name in self.config.files}
 
     @classmethod
     def from_payload(cls, config: TokenizerConfig, files: Mapping[str, bytes]) -> TextTokenizer:
-        return cls(config, files[TOKENIZER_FILE])
+        tokenizer = cls(config, files[TOKENIZER_FILE])
+        ml4m = files.get(ML4M_TOKENIZER_FILE)
+        if ml4m is not None and ml4m != tokenizer.payload_files()[ML4M_TOKENIZER_FILE]:
+            raise ValueError(f"{config.tokenizer_id}: {ML4M_TOKENIZER_FILE} is not {TOKENIZER_FILE} without [EOS]")
+        return tokenizer

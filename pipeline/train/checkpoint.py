@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pydantic
 
+from pipeline.data.storage import arrow_filesystem
 from pipeline.train.metrics_window import RunCounts
 from schemas.batch import ModalityTable
+from schemas.common import StorageConfig
 # consolidated weights (no DeepSpeed, nothing unpickled) and their ModelConfig + ModalityTable
 from schemas.export import MODEL_JSON, WEIGHTS
 from schemas.pretrain import PretrainConfig
@@ -28,8 +30,8 @@ from schemas.pretrain import PretrainConfig
 TAG = "state"  # one DeepSpeed tag per reported checkpoint directory
 META = "tessera_meta.json"
 
-__all__ = ["META", "MODEL_JSON", "TAG", "WEIGHTS", "CheckpointMeta", "PretrainCheckpointer", "report_checkpoint",
-           "restored_checkpoint"]
+__all__ = ["META", "MODEL_JSON", "TAG", "WEIGHTS", "CheckpointMeta", "PretrainCheckpointer", "UnsafeCheckpointError",
+           "load_tensors_only", "report_checkpoint", "restored_checkpoint"]
 
 
 def report_checkpoint(metrics: dict, write: Callable[[Path], None] | None) -> None:
@@ -46,11 +48,17 @@ def report_checkpoint(metrics: dict, write: Callable[[Path], None] | None) -> No
 
 
 @contextmanager
-def restored_checkpoint() -> Iterator[Path | None]:
-    """The directory of the checkpoint Ray Train restores this worker group from, or None on a fresh start."""
+def restored_checkpoint(init_from: str | None = None,
+                        storage: StorageConfig | None = None) -> Iterator[Path | None]:
+    """The directory of the checkpoint Ray Train restores this worker group from; on a fresh start, `init_from`
+    (a checkpoint directory, local or s3://, e.g. the one a WSD cooldown branches from), else None."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and init_from is not None:
+        # Ray Train V2 retired `resume_from_checkpoint`; its replacement is this: the loop opens the directory itself.
+        filesystem = arrow_filesystem(storage or StorageConfig()) if "://" in init_from else None
+        checkpoint = ray.train.Checkpoint(init_from.partition("://")[2] if filesystem else init_from, filesystem)
     if checkpoint is None:
         yield None
         return
@@ -86,9 +94,10 @@ class PretrainCheckpointer:
         taken at and this rank's counts, or None on a fresh start."""
         import torch
 
-        with restored_checkpoint() as directory:
+        with restored_checkpoint(self.config.init_from, self.config.storage) as directory:
             if directory is None:
                 return None
+            refuse_pickled_objects(engine)
             engine.load_checkpoint(str(directory), tag=TAG)
             meta, rank = CheckpointMeta.read(directory), str(self.rank)
         loader.load_state_dict(meta.loaders[rank])
@@ -129,6 +138,61 @@ class PretrainCheckpointer:
                      "step": step}))
 
         report_checkpoint({"step": step, **metrics}, write)
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint file holds a pickled object other than tensors and DeepSpeed's few plain records."""
+
+
+def deepspeed_records() -> list:
+    """The only non-tensor classes DeepSpeed 0.19's checkpoints of our recipes hold (ZeRO 0-3, fp32 and bf16, with
+    and without offload; `torch.serialization.get_unsafe_globals_in_checkpoint` on each file): plain records that
+    run no code when rebuilt. Anything else in a checkpoint is refused."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_tensors_only(path: str, map_location=None):
+    """`torch.load` that never runs pickled code: tensors, containers and `deepspeed_records()` only. A file with
+    anything else (a planted `__reduce__`, an unknown class) raises `UnsafeCheckpointError` before it is rebuilt."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(deepspeed_records()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message is a paragraph of advice; keep the line that names what was refused
+        reason = next((line.strip() for line in str(error).splitlines()
+                       if line.strip().startswith(("Trying to load", "Unsupported"))), "not a tensor-only file")
+        raise UnsafeCheckpointError(f"refusing to resume from {path}: it holds a pickled object that is not a "
+                                    f"tensor or a known DeepSpeed record ({reason})") from None
+
+
+class TensorsOnlyLoads:
+    """DeepSpeed's checkpoint engine with its `load` (a `torch.load(weights_only=False)`, i.e. an unpickler that runs
+    whatever the file says) replaced by `load_tensors_only`; saving and everything else is DeepSpeed's own."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location=None):
+        return load_tensors_only(path, map_location)
+
+
+def refuse_pickled_objects(engine) -> None:
+    """Route every file `engine.load_checkpoint` reads through `load_tensors_only`: anyone who can write the run
+    storage could otherwise run code on every worker. DeepSpeed reads model and ZeRO optimizer states through
+    `engine.checkpoint_engine.load` on the paths our recipes take (engine.py: no MoE, no universal checkpoints)."""
+    if not isinstance(engine.checkpoint_engine, TensorsOnlyLoads):
+        engine.checkpoint_engine = TensorsOnlyLoads(engine.checkpoint_engine)
 
 
 def master_weights(engine, keep: bool) -> dict:

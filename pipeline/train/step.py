@@ -16,12 +16,13 @@ class Cadence:
     steps: int
     log_every: int
     checkpoint_every: int
+    checkpoint_steps: frozenset[int] = frozenset()  # further checkpoints (a WSD trunk's branch points)
 
     def logs_at(self, step: int, last: bool = False) -> bool:
         return step % self.log_every == 0 or last or step == self.steps
 
     def checkpoints_at(self, step: int, last: bool = False) -> bool:
-        return step % self.checkpoint_every == 0 or last or step == self.steps
+        return step % self.checkpoint_every == 0 or step in self.checkpoint_steps or last or step == self.steps
 
 
 def endless(loader) -> Iterator[dict]:

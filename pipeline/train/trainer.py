@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from pipeline.data.manifest import MissingManifestError, read_manifest
 from pipeline.data.storage import Storage
 from pipeline.train.callbacks import StepCallback
 from pipeline.train.loop import train_loop
@@ -29,6 +30,10 @@ def run_dir(config: PretrainConfig) -> Storage:
 def require_data(config: PretrainConfig) -> None:
     if not config.data:
         raise ConfigError("data: pretrain needs token shards, --data URI (a preprocess output with tok_* folders)")
+    try:  # before a Ray instance starts: a folder that is no Tessera output fails in one line
+        read_manifest(Storage(config.data, config.storage))
+    except MissingManifestError as exc:
+        raise ConfigError(f"data: {exc}") from None
 
 
 def param_summary(config: PretrainConfig, table: ModalityTable) -> dict[str, int]:
@@ -46,7 +51,7 @@ def run_pretrain(config: PretrainConfig, callbacks: Sequence[StepCallback] = ())
     from pipeline.data.token_shards import modality_table_from_output
 
     require_data(config)
-    table = modality_table_from_output(config.data, config.modalities, config.storage)
+    table = modality_table_from_output(config.data, config.modalities, config.storage, config.vocab_sizes)
     run = run_dir(config)
     trainer = build_trainer(
         train_loop,
@@ -66,3 +71,17 @@ def run_pretrain(config: PretrainConfig, callbacks: Sequence[StepCallback] = ())
                    "final": metrics[-1] if metrics else {}, "checkpoint": summary["checkpoint"]}
     run.write_atomic(SUMMARY, (json.dumps(run_summary, indent=2) + "\n").encode())
     return {**summary, **run_summary, "summary_file": run.uri(SUMMARY)}
+
+
+def checkpoint_at_step(config: PretrainConfig, step: int) -> str:
+    """The URI of run `config.name`'s checkpoint taken at `step` (each says its step in model.json), e.g. the point a
+    WSD cooldown branches from. Raises FileNotFoundError when num_to_keep has dropped it or it was never taken."""
+    from pipeline.train.checkpoint import MODEL_JSON
+
+    run = run_dir(config)
+    for relpath in run.list():
+        folder, _, name = relpath.rpartition("/")
+        if name == MODEL_JSON and folder.startswith("checkpoint_") and "/" not in folder:
+            if json.loads(run.read_bytes(relpath)).get("step") == step:
+                return run.uri(folder)
+    raise FileNotFoundError(f"run {config.name} has no checkpoint at step {step} in {run.uri()}")

@@ -2,6 +2,8 @@
 
 4M-21 gives captions, metadata, palettes and other serialized labels one vocabulary, so one run serves every
 text-like modality; the job is `python -m jobs.train_tokenizer --modality caption` like the neural families.
+The output directory also holds `tokenizer_ml4m.json`, the file to give apple/ml-4m (`--text_tokenizer_path`):
+the same vocabulary without the [EOS] that Tessera's encode appends and ml-4m's masking appends again.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pipeline.data.inspect import iter_members
 from pipeline.data.storage import Storage
 from pipeline.tokenizers import train_wordpiece
+from pipeline.tokenizers.text import ML4M_TOKENIZER_FILE
 from schemas.config import ConfigError
 from schemas.modalities import SHARED_TEXT_VOCAB
 from schemas.train_tokenizer import TrainTokenizerConfig
@@ -35,5 +38,5 @@ def run_train_wordpiece(config: TrainTokenizerConfig) -> dict:
     for name, data in tokenizer.files().items():
         out.write_atomic(name, data)
     print(f"trained {tokenizer.tokenizer_id} ({tokenizer.vocab_size} ids, hash {tokenizer.content_hash[:12]}) on "
-          f"{len(texts)} {config.modality} texts -> {out.uri()}", flush=True)
+          f"{len(texts)} {config.modality} texts -> {out.uri()} (for ml-4m: {ML4M_TOKENIZER_FILE})", flush=True)
     return {"output": out.uri(), "tokenizer": tokenizer}

@@ -1,4 +1,6 @@
-"""The 4M-21 metadata that pixels and captions alone determine.
+"""The 4M-21 metadata that pixels and captions alone determine, on the value scales ml-4m bins them on
+(schemas/labels.py METADATA_SCALES): 8-bit levels, raw colourfulness, bits. Tessera's serializer bins the same values,
+so no second (0-1) copy is kept; nor could one be: ml-4m's transform fails on a key it does not know.
 
 Keys that need models (humans, SAM instances, walkability, objectness, aesthetics, ...) come from model labelers.
 Colourfulness follows Hasler & Suesstrunk (2003), the measure 4M-21 uses.
@@ -38,9 +40,9 @@ def image_metadata(image: np.ndarray, caption: str, original_size: tuple[int, in
         "original_height": int(original_size[1]),
         "caption_n_chars": len(caption),
         "caption_n_words": len(caption.split()),
-        "brightness": round(float(gray.mean() / 255.0), 4),
-        "contrast": round(float(gray.std() / 255.0), 4),
-        "saturation": round(float(saturation.mean()), 4),
-        "colorfulness": round(float(colorfulness / 255.0), 4),
+        "brightness": round(float(gray.mean()), 4),
+        "contrast": round(float(gray.std()), 4),
+        "saturation": round(float(saturation.mean() * 255.0), 4),
+        "colorfulness": round(float(colorfulness), 4),
         "entropy": round(float(-(nonzero * np.log2(nonzero)).sum()), 4),
     }
