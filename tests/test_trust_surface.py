@@ -39,7 +39,10 @@ def assert_one_line_failure(done: subprocess.CompletedProcess, *, alone: bool = 
 
 
 def files_under(*roots: Path) -> list[Path]:
-    return [path for root in roots for path in root.rglob("*") if path.is_file() and not path.is_symlink()]
+    """Every file a run left, except the copies of this repository that jobs submitted earlier in the session
+    unpacked on the cluster (they hold this test's own source, constants included)."""
+    return [path for root in roots for path in root.rglob("*")
+            if path.is_file() and not path.is_symlink() and "working_dir_files" not in path.parts]
 
 
 # -- 4: credentials echoed -----------------------------------------------------------------------------------
