@@ -36,6 +36,8 @@ from schemas.corpus import SampleCorpusConfig
 COLUMNS = ("fault", "injected", "samples in", "written", "quarantined", "lost", "duplicated", "result")
 NOT_BUILT = ("pretrain: training worker killed twice", "evaluation: one task's worker killed",
              "s3 through a faulty proxy (drops, 5xx, delays)", "disk full / permission denied on output")
+# Scenario modules beside this one each add (fault name, function(cluster, corpus, work, args, rng) -> [rows]).
+# A scenario that raises RuntimeError is reported as a FAIL row with the error's line.
 
 
 def private_ray_env(work: Path) -> None:
@@ -144,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                                     samples_per_shard=args.samples_per_shard, workers=2))
     rows = []
     cluster = LocalCluster(ClusterSpec(workers=2, cpus_per_node=1), work / "ray").start(timeout_s=120)
+    scenarios = [("preprocess: worker node SIGKILLed (+ replaced)",
+                  lambda: [scenario_node_kills(cluster, corpus, work, args.samples, args.kills, rng)])]
     try:
-        try:
-            rows.append(scenario_node_kills(cluster, corpus, work, args.samples, args.kills, rng))
-        except RuntimeError as error:
-            rows.append({"fault": "preprocess: worker node SIGKILLed (+ replaced)", "result": f"FAIL ({error})"})
+        for fault, run in scenarios:
+            try:
+                rows += run()
+            except RuntimeError as error:
+                rows.append({"fault": fault, "result": f"FAIL ({error})"})
     finally:
         cluster.down()
     rows += [{"fault": name, "result": "not built"} for name in NOT_BUILT]

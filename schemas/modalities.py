@@ -41,7 +41,10 @@ class TokenizerFamily(str, enum.Enum):
     FEATURE_VQ = "feature_vq"  # the same bottleneck over feature maps
     GLOBAL_MLP = "global_mlp"  # MLP autoencoder with FSQ, fixed tokens per vector
     MASK_VQ = "mask_vq"  # per-instance mask tokenizer
-    DATA2SEQ = "data2seq"  # Meta-Transformer-style front end + discrete bottleneck
+    DATA2SEQ = "data2seq"  # Meta-Transformer-style front end + discrete bottleneck (point clouds, video: not built)
+    SIGNAL_PATCH = "signal_patch"  # 1-D signals (T, C): patches of frames through an autoencoder with FSQ/VQ
+    TABLE_BINS = "table_bins"  # table rows: one token per column, numeric columns quantised per column
+    GRAPH_SEQ = "graph_seq"  # graphs as a sequence of node and edge tokens
 
 
 class Values(str, enum.Enum):
@@ -55,6 +58,7 @@ class Values(str, enum.Enum):
     UNIT_VECTOR = "unit_vector"  # uint8 RGB (H, W, 3) = (n + 1) / 2 * 255 of unit vectors n
     FEATURES = "features"  # float (h, w, C) per-patch features of a frozen network
     VECTOR = "vector"  # float (C,) one embedding per sample
+    SIGNAL = "signal"  # float (T, C) frames of a 1-D signal: log-mel frames, series values, IMU channels
 
 
 class Source(str, enum.Enum):
@@ -197,18 +201,18 @@ register(Modality("caption_embedding", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192
 # --- Meta-Transformer (text and image are `caption` and `rgb` above) --------------------------------------------
 register(Modality("point_cloud", _F.POINT_CLOUD, _T.DATA2SEQ, 8_192, "npy", _MT,
                   "point cloud: farthest-point sampling, k-NN groups of 32", max_tokens=512))
-register(Modality("audio", _F.SIGNAL, _T.DATA2SEQ, 8_192, "npy", _MT, "audio as 128-bin log-mel patches",
+register(Modality("audio", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "audio as 128-bin log-mel patches",
                   max_tokens=512))
 register(Modality("video", _F.VOLUME, _T.DATA2SEQ, 8_192, "npy", _MT, "video as 3-D tubelets", max_tokens=1568))
 register(Modality("infrared", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _MT, "infrared image", num_tokens=196))
 register(Modality("hyperspectral", _F.VOLUME, _T.DATA2SEQ, 8_192, "npy", _MT, "hyperspectral cube, band projection",
                   max_tokens=1024))
 register(Modality("xray", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _MT, "X-ray image", num_tokens=196))
-register(Modality("tabular", _F.TABLE, _T.DATA2SEQ, 8_192, "json", _MT, "table row as column embeddings",
+register(Modality("tabular", _F.TABLE, _T.TABLE_BINS, 8_192, "json", _MT, "table row as column embeddings",
                   max_tokens=256))
-register(Modality("graph", _F.GRAPH, _T.DATA2SEQ, 8_192, "json", _MT, "graph as node and edge tokens",
+register(Modality("graph", _F.GRAPH, _T.GRAPH_SEQ, 8_192, "json", _MT, "graph as node and edge tokens",
                   max_tokens=1024))
-register(Modality("time_series", _F.SIGNAL, _T.DATA2SEQ, 8_192, "npy", _MT, "multivariate time series",
+register(Modality("time_series", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "multivariate time series",
                   max_tokens=512))
-register(Modality("imu", _F.SIGNAL, _T.DATA2SEQ, 8_192, "npy", _MT, "inertial measurement unit signals",
+register(Modality("imu", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "inertial measurement unit signals",
                   max_tokens=512))

@@ -152,6 +152,7 @@ class Reason(str, enum.Enum):
     BAD_METADATA = "bad_metadata"  # JSON that does not parse strictly
     MISSING_GROUND_TRUTH = "missing_ground_truth"  # a modality taken from the corpus, absent for this sample
     BAD_GROUND_TRUTH = "bad_ground_truth"  # present but undecodable, or not the image's size
+    BAD_RAW = "bad_raw"  # a signal, table or graph file that does not parse as its modality or breaks a limit
     LABEL_FAILED = "label_failed"
     TOKENIZE_FAILED = "tokenize_failed"
 
