@@ -9,6 +9,7 @@ one of the expected kinds (a bug, most likely) also names its type. TESSERA_DEBU
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -69,6 +70,13 @@ def root_cause(exc: BaseException) -> tuple[str, BaseException]:
         inner = getattr(exc, "controller_failure", None) or getattr(exc, "cause", None)  # ControllerError, RayTaskError
         if not isinstance(inner, BaseException) or inner is exc:
             break
+        if type(inner).__name__ == "UserCodeException" and inner.__cause__ is None:
+            # Ray Data wraps a map task's error as "UDF failed to process a data block." and the original does not
+            # survive the trip back; only the task's remote traceback names it (e.g. a full disk's OSError).
+            head = str(exc).split("The above exception was the direct cause", 1)[0].splitlines()
+            original = [line.strip() for line in head if re.match(r"[A-Za-z_][\w.]*(Error|Exception)\b[^ ]*: ", line)]
+            if original:
+                return where, RuntimeError(original[-1])
         exc = inner
     return where, exc
 

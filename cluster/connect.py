@@ -19,7 +19,7 @@ from typing import Literal, TypedDict
 
 import ray
 
-from cluster.loopback import LOOPBACK, keep_loopback
+from cluster.loopback import ENABLE_CLUSTER_ENV, LOOPBACK, keep_loopback
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -113,6 +113,9 @@ def connect(
     keep_loopback()  # also for joining: "127.0.0.1:PORT" must reach a cluster that listens on loopback only
     if address in (None, "local"):
         require_token_auth(create_token=True)
+        # The instance's processes inherit this environment; those that join it by address (the dashboard's Train
+        # and Data pages, which hung) must keep 127.0.0.1 too (cluster/loopback.py).
+        os.environ[ENABLE_CLUSTER_ENV] = "1" if listen_all_interfaces else "0"
         # "local" (not None) is what keeps ray.init from following RAY_ADDRESS or the last `ray start`.
         ray.init(
             address="local",

@@ -27,7 +27,7 @@ import psutil
 
 from cluster.command import run_command
 from cluster.connect import AUTH_MODE_ENV, TOKEN_PATH_ENV, require_token_auth
-from cluster.loopback import LOOPBACK, free_ports
+from cluster.loopback import ENABLE_CLUSTER_ENV, LOOPBACK, free_ports
 from cluster.processes import CAN_DIE_WITH_PARENT, NodeProcess, die_with_parent, stop_processes
 
 DEFAULT_STATE_DIR = Path(".tessera/cluster")
@@ -49,9 +49,9 @@ class ClusterSpec:
     head_cpus: int = 0  # tasks go to workers; the head runs GCS, dashboard and the drivers that attach to it
     object_store_mb: int = 200  # per node; Ray's minimum is 75
     dashboard: bool = True  # bound to 127.0.0.1 either way
-    # False: every other port of every node listens on 127.0.0.1 (cluster/loopback.py). Still True by default: with
-    # loopback nodes, a job submitted through the Jobs API hangs at its package upload (issue 20, hole 10, open).
-    listen_all_interfaces: bool = True
+    # False: every other port of every node listens on 127.0.0.1 too (cluster/loopback.py); True opens them on every
+    # interface, for nodes on other machines to join (token auth stays on, but the metrics ports ignore it).
+    listen_all_interfaces: bool = False
     # Ray declares a node dead after 5 missed health checks, 3 s apart by default: 15 s. Probing every second
     # is cheap on one machine; a busy but alive raylet is still judged by the RPC timeout, not by the period.
     health_check_period_ms: int = 1000
@@ -303,6 +303,10 @@ class LocalCluster:
         # A node's `ray start` gives up on the GCS after ~20 s of failed connects; on a loaded machine the GCS has
         # taken longer to come up. Our own timeouts (`start`, `wait_for_nodes`) decide instead.
         env["RAY_gcs_server_port_wait_time_s"] = str(GCS_WAIT_S)
+        # "0": the node's processes that join by the GCS address keep "127.0.0.1" (Ray's Linux default swaps it for
+        # the outward address, where a loopback node does not listen): the dashboard agent running a Jobs API
+        # submission (which hung there) and a job's `ray.init("auto")`. See cluster/loopback.py.
+        env[ENABLE_CLUSTER_ENV] = "1" if self.spec.listen_all_interfaces else "0"
         if self.token_path is not None:
             env[TOKEN_PATH_ENV] = self.token_path
         # Jobs submitted to this cluster run `python ...`: make that the interpreter the nodes run on (the venv's,
@@ -338,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         spec = ClusterSpec(args.nodes, args.cpus_per_node, object_store_mb=args.object_store_mb,
                            dashboard=not args.no_dashboard,
-                           listen_all_interfaces=args.listen_all_interfaces or ClusterSpec.listen_all_interfaces)
+                           listen_all_interfaces=args.listen_all_interfaces)
         return _up(LocalCluster(spec, args.state_dir, detach=True), args.timeout)
     if not (args.state_dir / "state.json").exists():
         print(f"no cluster recorded in {args.state_dir.resolve()}")
@@ -360,7 +364,7 @@ def _up(cluster: LocalCluster, timeout_s: float) -> int:
     print("Token auth is on: drivers need RAY_AUTH_MODE=token and the token (cluster.connect sets the mode).")
     print(f'  Python:   cluster.connect.connect("{cluster.address}")')
     # Without it, Ray swaps 127.0.0.1 for this machine's outward address, where a loopback node does not listen.
-    loopback = "" if cluster.spec.listen_all_interfaces else " RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+    loopback = "" if cluster.spec.listen_all_interfaces else f" {ENABLE_CLUSTER_ENV}=0"
     print(f"  Ray CLI:  export RAY_ADDRESS={cluster.address} {AUTH_MODE_ENV}=token{token}{loopback}")
     print(f"Stop it:    python -m cluster.local down --state-dir {cluster.state_dir}")
     return 0

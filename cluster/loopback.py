@@ -10,8 +10,11 @@ makes that function leave loopback hosts alone, in this process: a node started 
 driver given "127.0.0.1:PORT" dials 127.0.0.1, where a loopback GCS listens. Other hosts resolve as before.
 
 `python -m cluster.loopback start ...` is Ray's own `ray start` with this in place (cluster/local.py runs its nodes
-so); the processes a node spawns are handed its address explicitly and resolve nothing. `free_ports` picks the
-ports a local head is given.
+so). Most processes a node spawns are handed its address and resolve nothing; those that do (the dashboard agent
+when it runs a Jobs API submission, the dashboard's Train and Data pages, a job's `ray.init("auto")`) keep loopback
+through ENABLE_CLUSTER_ENV=0, Ray's own switch for the macOS/Windows behaviour, which cluster/local.py and
+cluster/connect.py put in the environment of the loopback nodes they start.
+`free_ports` picks the ports a local head is given.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import functools
 import socket
 import sys
 
-from ray._private import services
+from ray._private import ray_constants, services
 
 LOOPBACK = "127.0.0.1"
+# "0": resolve localhost hosts to 127.0.0.1 in every Ray process that inherits it, as on macOS and Windows.
+ENABLE_CLUSTER_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 
 
 def keep_loopback() -> None:
@@ -57,6 +62,9 @@ def main() -> None:
     from ray.scripts.scripts import main as ray_cli
 
     keep_loopback()
+    # With ENABLE_CLUSTER_ENV=0 inherited, `ray start --address` refuses to add a node ("multi-node clusters are not
+    # supported on Windows and OSX"); the node's own loopback comes from keep_loopback, so let it start as on Linux.
+    ray_constants.ENABLE_RAY_CLUSTER = True
     sys.argv[0] = "ray"
     ray_cli()
 

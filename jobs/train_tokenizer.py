@@ -1,14 +1,16 @@
 """python -m jobs.train_tokenizer --modality NAME --input LABEL_SHARDS --output DIR [--config FILE] [--set k=v ...]
 
-Trains the modality's neural tokenizer (image-like maps, feature maps, global embeddings) on Ray Train and writes
-it with its held-out metrics, a reconstruction grid and its loss curve; rerunning the same command resumes. For a
-text-like modality (`--modality caption`) it trains the shared WordPiece vocabulary on its texts instead, on the
-driver (`--set model.vocab_size=N`, default the registry's 30,000).
+Trains the modality's neural tokenizer (image-like maps, feature maps, global embeddings, 1-D signals) on Ray
+Train and writes it with its held-out metrics, a reconstruction grid and its loss curve; rerunning the same command
+resumes. For a text-like modality (`--modality caption`) it trains the shared WordPiece vocabulary on its texts
+instead, on the driver (`--set model.vocab_size=N`, default the registry's 30,000). A table or graph modality's
+tokenizer is fitted on the driver in one pass (`--set model.bins=N`, `model.max_nodes=N`).
 """
 
 from __future__ import annotations
 
 from jobs.cli import connect_ray, job_parser, load_job_config, run_job
+from pipeline.train.fitted_tokenizers import is_fitted_family, run_fit_tokenizer
 from pipeline.train.tokenizer import run_train_tokenizer
 from pipeline.train.wordpiece import run_train_wordpiece
 from schemas.modalities import TokenizerFamily, get_modality
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     })
     if config.modality and get_modality(config.modality).tokenizer is TokenizerFamily.WORDPIECE:
         run_train_wordpiece(config)
+        return 0
+    if config.modality and is_fitted_family(config.modality):  # tables, graphs: fitted on the driver, no Ray
+        run_fit_tokenizer(config)
         return 0
     connect_ray(config.ray)
     summary = run_train_tokenizer(config)

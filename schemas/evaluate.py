@@ -8,6 +8,7 @@ from pydantic import Field
 
 from schemas.config import ConfigModel
 from schemas.common import RayConfig, StorageConfig
+from schemas.loading import DatasetEntry, check_mixture
 
 
 class TaskResources(ConfigModel):
@@ -36,7 +37,11 @@ class EvaluateConfig(ConfigModel):
 
     checkpoints: tuple[str, ...] = ()  # exported model dirs (model.safetensors + sidecar), local or s3://
     tasks: tuple[str, ...] = ("all",)  # registered task names, or "all"
-    data: str | None = None  # preprocess output (token shards + manifest) the token-shard tasks read
+    # Preprocess output(s) (token shards + manifest) the token-shard tasks read: one, or several as mixture entries
+    # (path, name; weights unused) or a name -> path mapping. Each task reads the dataset task_data names for it,
+    # else the first that holds every folder it needs.
+    data: str | tuple[DatasetEntry, ...] | dict[str, str] | None = None
+    task_data: dict[str, str] = Field(default_factory=dict)  # task name -> dataset name
     out: str = "eval_results"
     tokenizers: dict[str, str] = Field(default_factory=dict)  # modality -> tokenizer dir, local or s3://
     default_resources: TaskResources = TaskResources()
@@ -51,6 +56,24 @@ class EvaluateConfig(ConfigModel):
         if not tasks or ("all" in tasks and len(tasks) > 1):
             raise ValueError(f"tasks is 'all' or a list of task names, got {list(tasks)}")
         return tasks
+
+    @pydantic.model_validator(mode="after")
+    def _task_data_named(self) -> "EvaluateConfig":
+        names = set(self.datasets())
+        unknown = {task: name for task, name in self.task_data.items() if name not in names}
+        if unknown:
+            raise ValueError(f"task_data names datasets that data does not: {unknown} (data has {sorted(names)})")
+        return self
+
+    def datasets(self) -> dict[str, str]:
+        """Dataset name -> path, in the order given; empty when no data was given."""
+        if self.data is None:
+            return {}
+        if isinstance(self.data, str):
+            return {DatasetEntry(path=self.data).label: self.data}
+        if isinstance(self.data, dict):
+            return dict(self.data)
+        return {entry.label: entry.path for entry in check_mixture(self.data)}
 
     def resources_of(self, task: str, declared: TaskResources | None = None) -> TaskResources:
         """The config's entry for the task, else what the task declared, else the default."""

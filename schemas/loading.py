@@ -1,7 +1,10 @@
-"""Typed configs of the training side of the data: 4M masking (`MaskingConfig`) and the token-shard loader
-(`LoaderConfig`). Both are sections of the train job's config; the loader and masking code take them as they are."""
+"""Typed configs of the training side of the data: 4M masking (`MaskingConfig`), the token-shard loader
+(`LoaderConfig`) and the entries of a dataset mixture (`DatasetEntry`). They are sections of the train job's config
+(the evaluate job's `data` takes mixture entries too); the loader and masking code take them as they are."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pydantic
 from pydantic import Field
@@ -84,3 +87,42 @@ class LoaderConfig(ConfigModel):
     @classmethod
     def _modalities(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         return _canonical_modalities(names)
+
+
+class DatasetEntry(ConfigModel):
+    """One preprocess output of a dataset mixture: 4M trains on several datasets, each with its own modality set
+    (image-text corpora beside text-only ones); a batch draws each sample from a dataset by `weight`."""
+
+    path: str = Field(min_length=1)  # a preprocess output with token folders (local or s3://)
+    weight: float = Field(default=1.0, gt=0)  # relative: the mixture's weights are normalised to sum to 1
+    # The modalities read from it; None: its token folders that are among the run's modalities.
+    modalities: tuple[str, ...] | None = None
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # default: the output's folder name
+
+    @pydantic.field_validator("modalities")
+    @classmethod
+    def _modalities(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is not None and not names:
+            raise ValueError("an empty modality list reads nothing: leave modalities out to take the output's own")
+        return None if names is None else _canonical_modalities(names)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def check_mixture(entries: Sequence[DatasetEntry]) -> tuple[DatasetEntry, ...]:
+    """A mixture's entries, refused when empty or when two share a name (a checkpoint keys positions by name)."""
+    if not entries:
+        raise ValueError("data: a mixture needs at least one dataset")
+    labels = [entry.label for entry in entries]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"data: datasets named {repeated} more than once; give each entry a distinct name")
+    return tuple(entries)
+
+
+def mixture_weights(entries: Sequence[DatasetEntry]) -> list[float]:
+    """The entries' sampling weights, normalised to sum to 1."""
+    total = sum(entry.weight for entry in entries)
+    return [entry.weight / total for entry in entries]

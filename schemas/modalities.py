@@ -201,18 +201,18 @@ register(Modality("caption_embedding", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192
 # --- Meta-Transformer (text and image are `caption` and `rgb` above) --------------------------------------------
 register(Modality("point_cloud", _F.POINT_CLOUD, _T.DATA2SEQ, 8_192, "npy", _MT,
                   "point cloud: farthest-point sampling, k-NN groups of 32", max_tokens=512))
-register(Modality("audio", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "audio as 128-bin log-mel patches",
-                  max_tokens=512))
+register(Modality("audio", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "audio as log-mel patches",
+                  max_tokens=512, implemented=True, values=Values.SIGNAL))
 register(Modality("video", _F.VOLUME, _T.DATA2SEQ, 8_192, "npy", _MT, "video as 3-D tubelets", max_tokens=1568))
 register(Modality("infrared", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _MT, "infrared image", num_tokens=196))
 register(Modality("hyperspectral", _F.VOLUME, _T.DATA2SEQ, 8_192, "npy", _MT, "hyperspectral cube, band projection",
                   max_tokens=1024))
 register(Modality("xray", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _MT, "X-ray image", num_tokens=196))
-register(Modality("tabular", _F.TABLE, _T.TABLE_BINS, 8_192, "json", _MT, "table row as column embeddings",
-                  max_tokens=256))
+register(Modality("tabular", _F.TABLE, _T.TABLE_BINS, 8_192, "json", _MT,
+                  "table row, one token per column (numbers binned per column)", max_tokens=256, implemented=True))
 register(Modality("graph", _F.GRAPH, _T.GRAPH_SEQ, 8_192, "json", _MT, "graph as node and edge tokens",
-                  max_tokens=1024))
+                  max_tokens=1024, implemented=True))
 register(Modality("time_series", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "multivariate time series",
-                  max_tokens=512))
+                  max_tokens=512, implemented=True, values=Values.SIGNAL))
 register(Modality("imu", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _MT, "inertial measurement unit signals",
-                  max_tokens=512))
+                  max_tokens=512, implemented=True, values=Values.SIGNAL))

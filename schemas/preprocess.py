@@ -52,13 +52,15 @@ class CaptionConfig(ConfigModel):
 
 
 class LabelerConfig(ConfigModel):
-    """Resources of one pseudo-labeler. `concurrency` None runs it inside the decode tasks (cheap CPU labelers);
-    a number (or [min, max]) gives it its own Ray Data actor pool, as model-based labelers need."""
+    """Resources of one pseudo-labeler. `concurrency` None runs a cheap CPU labeler inside the decode tasks, and
+    gives a model-based one an actor pool laid out by the job (pipeline/data/pool_layout.py: on the GPUs when the
+    cluster has any, else CPUs split by a calibration of each stage's cost); `num_cpus`/`num_gpus` left None are
+    chosen there too. A number (or [min, max]) pins the pool's size by hand."""
 
     concurrency: int | tuple[int, int] | None = None
     batch_size: int = Field(default=32, ge=1)
-    num_cpus: float = Field(default=1.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0)
+    num_cpus: float | None = Field(default=None, ge=0)  # per actor
+    num_gpus: float | None = Field(default=None, ge=0)  # per actor; a fraction lets small models share a GPU
     weights: str | None = None  # local path or s3:// URI of the model weights; nothing is downloaded from a hub
     # model: run the pseudo-labeler. ground_truth: take the corpus's own `<key>.<modality>.<ext>` member (e.g. the
     # sample corpus's depth.npy / semseg.png), cropped and resized exactly like the image; a sample without one is
@@ -87,6 +89,13 @@ class PreprocessConfig(ConfigModel):
     # label: raw corpus -> label shards; tokenize: label shards -> token shards (tok_<modality>/) beside them.
     stages: tuple[Literal["label", "tokenize"], ...] = ("label",)
     modalities: tuple[str, ...] = ("rgb", "caption", "canny_edge", "color_palette", "metadata")
+    # The modality a sample is built around: its files are what the reader lists. `rgb` for image corpora; a
+    # modality with a raw plug-in (pipeline/data/raw: audio, time_series, imu, ...) for a corpus of such files, whose
+    # samples then carry that modality and a caption (from a sidecar `<stem>.txt` or the file itself), no image.
+    primary: str = "rgb"
+    # Settings of the raw plug-ins by modality (`raw: {audio: {sample_rate: 16000}}`), validated by the plug-in's
+    # own settings model when the job starts; only the primary's are used.
+    raw: dict[str, dict] = Field(default_factory=dict)
     # modality -> trained tokenizer for the tokenize stage: a directory (local or s3://), or a bare name (a
     # tokenizer id such as `rgb-fsq`) looked up under `tokenizer_root`, where train_tokenizer writes by default.
     tokenizers: dict[str, str] = Field(default_factory=dict)
@@ -109,6 +118,14 @@ class PreprocessConfig(ConfigModel):
         if len(set(canonical)) != len(canonical):
             raise ValueError(f"modality listed twice: {list(names)}")
         return canonical
+
+    @pydantic.field_validator("primary")
+    @classmethod
+    def _primary_implemented(cls, name: str) -> str:
+        try:
+            return require_implemented(name).name
+        except (KeyError, NotImplementedError) as exc:
+            raise ValueError(str(exc)) from None
 
     @pydantic.field_validator("tokenizers")
     @classmethod

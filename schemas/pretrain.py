@@ -8,7 +8,7 @@ import pydantic
 from pydantic import Field
 
 from schemas.config import ConfigModel
-from schemas.loading import LoaderConfig, MaskingConfig
+from schemas.loading import DatasetEntry, LoaderConfig, MaskingConfig, check_mixture
 from schemas.model import ModelConfig
 from schemas.modalities import get_modality
 from schemas.common import RUN_NAME_PATTERN, RayConfig, StorageConfig
@@ -62,7 +62,9 @@ class ValidationConfig(ConfigModel):
 
 class PretrainConfig(ConfigModel):
     name: str = Field(default="pretrain", pattern=RUN_NAME_PATTERN)
-    data: str | None = None  # a preprocess output with token folders (local or s3://)
+    # A preprocess output with token folders (local or s3://), or a mixture: a list of DatasetEntry (path, weight,
+    # modalities, name), each sample drawn from one dataset by weight and carrying only that dataset's modalities.
+    data: str | tuple[DatasetEntry, ...] | None = None
     storage_path: str = "runs"  # where Ray Train keeps run directories and checkpoints (local or s3://)
     modalities: tuple[str, ...] = ("caption", "color_palette", "metadata")
     # Token table and head size per modality where it should be the tokenizer's rather than the registry's bound
@@ -97,6 +99,18 @@ class PretrainConfig(ConfigModel):
     validation: ValidationConfig = ValidationConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _mixture_fits(self) -> "PretrainConfig":
+        if isinstance(self.data, tuple):
+            check_mixture(self.data)
+            run = {get_modality(name).name for name in self.modalities}
+            for entry in self.data:
+                outside = sorted(set(entry.modalities or ()) - run)
+                if outside:
+                    raise ValueError(f"data: dataset {entry.label!r} lists {outside}, which are not among the run's "
+                                     f"modalities {list(self.modalities)}")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _vocab_sizes_fit(self) -> "PretrainConfig":

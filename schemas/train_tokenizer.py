@@ -39,11 +39,20 @@ class TokenizerModelConfig(ConfigModel):
     resolution: int | None = None  # default: the training samples' own
     # global embeddings
     tokens: int | None = None
-    hidden: int | None = None
+    hidden: int | None = None  # also signals
     depth: int | None = None
+    # signals (audio, IMU, time series; `pipeline/tokenizers/signal.py`)
+    frames: int | None = None  # frames per sample; default: the training samples' own
+    patch: int | None = None
+    codes_per_patch: int | None = None
+    normalize: Literal["dataset", "sample"] | None = None
+    values_in_db: bool | None = None
     # every neural family
     quantizer: QuantizerChoice | None = None
     num_classes: int | None = None  # class maps; default: from the training samples
+    # the fitted families (`pipeline/tokenizers/table.py`, `graph.py`)
+    bins: int | None = Field(default=None, ge=2)  # table rows: quantile bins per numeric column
+    max_nodes: int | None = Field(default=None, ge=1)  # graphs: node ids; default the largest training graph's
     # the shared WordPiece vocabulary (text-like modalities)
     vocab_size: int | None = Field(default=None, ge=1)
     min_frequency: int | None = Field(default=None, ge=0)

@@ -24,7 +24,7 @@ from pipeline.data.token_shards import (
     list_token_shards,
     modality_table_from_output,
 )
-from schemas.batch import BATCH_FIELDS
+from schemas.batch import BATCH_FIELDS, LOADER_FIELDS
 from schemas.config import parse_override
 from schemas.keys import in_holdout
 from schemas.loading import LoaderConfig, MaskingConfig
@@ -99,9 +99,10 @@ def test_batches_have_the_contract_shapes(output):
     root, keys = output
     loader = make_loader(root, prefetch_batches=0)
     batch = next(iter(loader))
-    assert set(batch) == set(BATCH_FIELDS)
-    for name, array in batch.items():
-        assert array.shape == (4, 24 if name.startswith("enc") else 16)
+    assert set(batch) == set(LOADER_FIELDS)
+    for name in BATCH_FIELDS:
+        assert batch[name].shape == (4, 24 if name.startswith("enc") else 16)
+    assert batch["present"].shape == (4, len(MODALITIES)) and batch["present"].all()
     tensors = to_torch(batch)
     assert str(tensors["enc_tokens"].dtype) == "torch.int64" and str(tensors["dec_pad"].dtype) == "torch.bool"
 

@@ -62,10 +62,14 @@ def test_budgets_are_exact_and_input_and_target_are_disjoint():
     assert not batch["dec_causal"][batch["dec_pad"]].any() and (batch["enc_tokens"][batch["enc_pad"]] == 0).all()
 
 
-def test_a_sample_with_too_few_tokens_gives_all_it_has_and_pads_the_rest():
+def test_a_sample_with_too_few_tokens_shares_them_in_the_budgets_ratio_and_pads_the_rest():
+    # 16 tokens against budgets of 12 + 12: the full input budget would leave 4 targets; a 10-token sample none.
     table = table_of(rgb=16, caption=None)
     rng = np.random.default_rng(2)
     masker = Masker(table, MaskingConfig(input_tokens=12, target_tokens=12))
+    batch = masker.batch([{"rgb": rng.integers(0, 99, 16)}], rng)
+    assert (~batch["enc_pad"][0]).sum() == 8 and (~batch["dec_pad"][0]).sum() == 8
+    masker = Masker(table, MaskingConfig(input_tokens=24, target_tokens=8))
     batch = masker.batch([{"rgb": rng.integers(0, 99, 16)}], rng)
     assert (~batch["enc_pad"][0]).sum() == 12 and (~batch["dec_pad"][0]).sum() == 4
     assert set(batch["enc_modality"][0][~batch["enc_pad"][0]]) == {table.index("rgb")}

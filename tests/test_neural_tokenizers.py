@@ -20,6 +20,7 @@ from schemas.modalities import Values, all_modalities
 TINY_IMAGE = {"widths": (8, 16), "blocks": 1, "quantizer": {"levels": (4, 4, 3)}}
 TINY_FEATURE = {"widths": (8,), "quantizer": {"levels": (4, 4, 3)}}
 TINY_GLOBAL = {"tokens": 4, "hidden": 32, "quantizer": {"levels": (4, 4, 3)}}
+TINY_SIGNAL = {"hidden": 16, "patch": 8, "quantizer": {"levels": (4, 4, 3)}}  # 32 frames -> 4 patches x 2 codes
 
 
 def sample_arrays(values: Values, n: int, rng: np.random.Generator, side: int = 16) -> list[np.ndarray]:
@@ -38,11 +39,13 @@ def sample_arrays(values: Values, n: int, rng: np.random.Generator, side: int = 
         return list(((v + 1) * 127.5).round().astype(np.uint8))
     if values is Values.FEATURES:
         return [rng.normal(size=(7, 7, 12)).astype(np.float32) for _ in range(n)]
+    if values is Values.SIGNAL:
+        return [rng.normal(size=(32, 3)).astype(np.float32) for _ in range(n)]
     return [rng.normal(size=(24,)).astype(np.float32) for _ in range(n)]
 
 
 def tiny_model(values: Values) -> dict:
-    return {Values.FEATURES: TINY_FEATURE, Values.VECTOR: TINY_GLOBAL}.get(values, TINY_IMAGE)
+    return {Values.FEATURES: TINY_FEATURE, Values.VECTOR: TINY_GLOBAL, Values.SIGNAL: TINY_SIGNAL}.get(values, TINY_IMAGE)
 
 
 NEURAL = [m for m in all_modalities() if m.implemented and m.values is not None]
@@ -68,7 +71,7 @@ def test_round_trip_shapes_and_dtypes(modality):
     for original, back in zip(samples, decoded):
         assert back.shape == original.shape
         assert back.dtype.kind == original.dtype.kind  # uint8 stays uint8, floats stay floats
-    expected_tokens = {Values.FEATURES: 49, Values.VECTOR: 4}.get(values, 64)  # 16 px / 2 -> 8x8
+    expected_tokens = {Values.FEATURES: 49, Values.VECTOR: 4, Values.SIGNAL: 8}.get(values, 64)  # 16 px / 2 -> 8x8
     assert tokenizer.tokens_per_sample == expected_tokens
 
 

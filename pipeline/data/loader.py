@@ -36,6 +36,7 @@ before; every sample of the part is seen once per epoch and some twice (with f =
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import logging
@@ -99,7 +100,39 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict:
     return {name: torch.from_numpy(array) for name, array in batch.items()}
 
 
-class TokenShardLoader:
+class ResumableBatches(abc.ABC):
+    """Iteration and state shared by TokenShardLoader and the mixture's loader (pipeline/data/mixture.py).
+
+    `_produce(state)` yields (keys, batch, the state after that batch), working on its own copy of the state; the
+    loader's `_state` moves on only as each batch is handed out, so `state_dict()` is the position after the last
+    batch the caller got even while later batches are being prefetched."""
+
+    config: LoaderConfig
+    _state: dict
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for _, batch in self.iter_keyed():
+            yield batch
+
+    def iter_keyed(self) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
+        """(sample keys, batch) for the rest of the current epoch; the state advances as each batch is handed out."""
+        produced = self._produce(json.loads(json.dumps(self._state)))
+        if self.config.prefetch_batches:
+            produced = prefetched(produced, self.config.prefetch_batches)
+        for keys, batch, state in produced:
+            self._state = state
+            yield keys, batch
+
+    def state_dict(self) -> dict:
+        """The position after the last batch handed out (JSON-serialisable)."""
+        return json.loads(json.dumps(self._state))
+
+    @abc.abstractmethod
+    def _produce(self, state: dict) -> Iterator[tuple[list[str], dict[str, np.ndarray], dict]]:
+        """Batches of one epoch from `state` on, each with the state after it."""
+
+
+class TokenShardLoader(ResumableBatches):
     """One training worker's stream of batches; `iter(loader)` runs (the rest of) the current epoch.
 
     `state_dict()` after any batch and `load_state_dict()` on a fresh loader with the same arguments resume exactly.
@@ -151,10 +184,6 @@ class TokenShardLoader:
         return list(self._state["skipped"])
 
     # --- state ----------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The position after the last batch handed out (JSON-serialisable)."""
-        return json.loads(json.dumps(self._state))
-
     def load_state_dict(self, state: dict) -> None:
         expected = {"version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size,
                     "seed": self.config.seed, "batch_size": self.config.batch_size, "shards": self._fingerprint}
@@ -173,19 +202,6 @@ class TokenShardLoader:
                 "skipped": [], "mask_rng": mask_rng.bit_generator.state}
 
     # --- iteration ------------------------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for _, batch in self.iter_keyed():
-            yield batch
-
-    def iter_keyed(self) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
-        """(sample keys, batch) for the rest of the current epoch; the state advances as each batch is handed out."""
-        produced = self._produce(json.loads(json.dumps(self._state)))
-        if self.config.prefetch_batches:
-            produced = _prefetched(produced, self.config.prefetch_batches)
-        for keys, batch, state in produced:
-            self._state = state
-            yield keys, batch
-
     def _produce(self, state: dict) -> Iterator[tuple[list[str], dict[str, np.ndarray], dict]]:
         """Batches of one epoch from `state` on, each with the state after it; works on its own copy of the state."""
         mask_rng = np.random.default_rng()
@@ -194,7 +210,7 @@ class TokenShardLoader:
         size = self.config.batch_size
         for number in range(state["batches"] + 1, self.batches_per_epoch + 1):
             chunk = [next(samples) for _ in range(size)]
-            rows = [self._pick_crop(rows, mask_rng) for _, rows in chunk]
+            rows = [self.pick_crop(rows, mask_rng) for _, rows in chunk]
             batch = self.masker.batch(rows, mask_rng)
             if number == self.batches_per_epoch:  # the last batch hands over to the next epoch's start
                 after = self._epoch_start(state["epoch"] + 1, mask_rng)
@@ -202,8 +218,26 @@ class TokenShardLoader:
                 after = {**state, "batches": number, "mask_rng": mask_rng.bit_generator.state}
             yield [key for key, _ in chunk], batch, json.loads(json.dumps(after))
 
+    def stream(self, state: dict) -> Iterator[Sample]:
+        """Samples one at a time from `state`'s position on, epoch after epoch (an epoch is `samples_per_epoch`
+        samples), for a mixture that batches several loaders' samples itself (pipeline/data/mixture.py). `state`
+        (a `state_dict()`) is updated in place as each sample is handed out, so a copy of it taken between two
+        samples resumes exactly there."""
+        while True:
+            samples = self._samples(state)
+            while state.get("drawn", 0) < self.samples_per_epoch:
+                sample = next(samples)
+                state["drawn"] = state.get("drawn", 0) + 1
+                yield sample
+            samples.close()
+            unused = np.random.default_rng()  # the mixture masks; this loader's masking RNG is carried unchanged
+            unused.bit_generator.state = state["mask_rng"]
+            next_epoch = self._epoch_start(state["epoch"] + 1, unused)
+            state.clear()
+            state.update(next_epoch)
+
     @staticmethod
-    def _pick_crop(rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def pick_crop(rows: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One token row per modality; with several crops, the same random crop for every modality of the sample."""
         crops = min(array.shape[0] for array in rows.values())
         crop = int(rng.integers(crops)) if crops > 1 else 0
@@ -285,7 +319,7 @@ class TokenShardLoader:
         return samples
 
 
-def _prefetched(produced: Iterator, depth: int) -> Iterator:
+def prefetched(produced: Iterator, depth: int) -> Iterator:
     """Run a generator in a background thread, `depth` items ahead (reads overlap the training step)."""
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

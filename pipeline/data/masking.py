@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.tokenizers.text import EOS, NUM_SENTINELS, PAD, SOS, sentinel_token, special_tokens
-from schemas.batch import BATCH_FIELDS, BOOL_FIELDS, ModalityTable, ModalitySpec
+from schemas.batch import BATCH_FIELDS, BOOL_FIELDS, PRESENT, ModalityTable, ModalitySpec
 from schemas.loading import MaskingConfig
 from schemas.modalities import TokenizerFamily, get_modality
 
@@ -174,20 +174,24 @@ class Masker:
         return self._indices[name] if name in self._indices else self.table.index(name)  # aliases, clear errors
 
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Mask and pack samples into one batch of fixed-shape arrays."""
+        """Mask and pack samples into one batch of fixed-shape arrays, with the modalities each sample has."""
         batch = empty_batch(len(samples), self.config.input_tokens, self.config.target_tokens)
+        batch[PRESENT] = np.zeros((len(samples), len(self.table)), dtype=bool)
         for row, sample in enumerate(samples):
             self.fill(batch, row, sample, rng)
         return batch
 
     def fill(self, batch: dict[str, np.ndarray], row: int, sample: Mapping[str, np.ndarray],
              rng: np.random.Generator) -> None:
-        """Mask one sample and write its slots into row `row` of `batch` (which must be all padding there)."""
+        """Mask one sample and write its slots into row `row` of `batch` (which must be all padding there). The
+        budgets are split over the modalities the sample has tokens of; a modality it lacks gets no slot."""
         present = self._prepare(sample, rng)
         if not present:
             return
+        if PRESENT in batch:
+            batch[PRESENT][row, [p.index for p in present]] = True
         alpha = self._alpha[[p.index for p in present]]
-        inputs = split_budget(self.config.input_tokens, _dirichlet(alpha, rng), [len(p.tokens) for p in present])
+        inputs = split_budget(self.config.input_tokens, _dirichlet(alpha, rng), self._input_caps(present))
         target_caps = [len(p.target_run) if p.target_run is not None else len(p.tokens) - used
                        for p, used in zip(present, inputs)]
         targets = split_budget(self.config.target_tokens, _dirichlet(alpha, rng), target_caps)
@@ -218,6 +222,19 @@ class Masker:
         batch["dec_causal"][row, :n_dec] = np.repeat([p.target_run is not None for p in present], targets)
         batch["enc_pad"][row, :n_enc] = False
         batch["dec_pad"][row, :n_dec] = False
+
+    def _input_caps(self, present: list[_Present]) -> list[int]:
+        """How many tokens of each modality the encoder may take. For a sample smaller than both budgets together
+        (a 19-token series, a 14-column table row) a parallel modality keeps back its share of the target budget:
+        otherwise the input budget would hand all of it to the encoder and leave the decoder nothing to predict,
+        and such modalities would never be trained on. Sequences are split into their two runs already."""
+        budget_in, budget_out = self.config.input_tokens, self.config.target_tokens
+        caps = [len(p.tokens) for p in present]
+        available = sum(n + (len(p.target_run) if p.target_run is not None else 0) for p, n in zip(present, caps))
+        if available >= budget_in + budget_out:
+            return caps
+        return [n - n * budget_out // (budget_in + budget_out) if p.target_run is None else n
+                for p, n in zip(present, caps)]
 
     def _prepare(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> list[_Present]:
         """The sample's non-empty modalities in table order; sequences span-masked into their two runs."""

@@ -27,7 +27,10 @@ from pipeline.data.labelers import get_labeler
 from pipeline.data.labelers.weights import required_weights
 from pipeline.data.manifest import read_manifest, write_manifest, write_quarantine
 from pipeline.data.output_checks import STATE_FILE, verify_shard_listing
-from pipeline.data.readers import WorkUnit, list_units
+from pipeline.data.pool_layout import layout_for_run, tokenize_gpus
+from pipeline.data.raw import RAW_READERS
+from pipeline.data.raw_units import list_input_units, raw_reader
+from pipeline.data.readers import WorkUnit
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, AlignmentError, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
@@ -129,15 +132,27 @@ class LabelPlan:
 
 def split_labelers(config: PreprocessConfig, modalities: tuple[str, ...]) -> LabelPlan:
     """Cheap labelers with no concurrency set run inside the decode tasks; the rest, and every labeler that loads a
-    model, get actor pools (one actor unless concurrency says otherwise); `source: ground_truth` modalities need no
-    labeler. Missing weights fail here, before any Ray work starts, not later inside an actor."""
+    model, get actor pools (sized by `layout_for_run` unless concurrency pins them); `source: ground_truth`
+    modalities need no labeler, nor does a raw primary modality (its plug-in made its member). Missing weights, and
+    labelers that need an image in a corpus without one, fail here, before any Ray work starts, not later inside an
+    actor."""
     fused, pooled, truth = {}, {}, []
+    reader = raw_reader(config)  # also refuses a primary that is neither an image nor a raw modality
+    raw = reader.modality if reader is not None else None
     for modality in modalities:
+        if modality == raw:
+            continue
+        if modality in RAW_READERS:
+            raise ValueError(f"{modality} is read from its own files, not labelled: preprocess a {modality} corpus "
+                             f"on its own with primary: {modality}")
         labeler_config = config.labelers.get(modality, LabelerConfig())
-        if labeler_config.source == "ground_truth":
+        if labeler_config.source == "ground_truth" and raw is None:
             truth.append(modality)
             continue
         labeler = get_labeler(modality)
+        if raw is not None and (labeler.reads_pixels or labeler_config.source == "ground_truth"):
+            raise ValueError(f"modality {modality!r} is labelled from images, and a {raw} corpus has none; with "
+                             f"primary {raw} list only {raw} and modalities made from the caption")
         if labeler.needs_weights:
             required_weights(modality, labeler_config)
         if labeler_config.concurrency is None and not labeler.needs_pool:
@@ -182,23 +197,33 @@ def build_dataset(
 ) -> ray.data.Dataset:
     labels = split_labelers(config, plan.modalities)
     set_data_context(single_operator=not labels.pooled)
-    read = partial(read_stage, storage=source, config=config.reader, ground_truth=labels.ground_truth)
+    raw = raw_reader(config)
+    read = partial(read_stage, storage=source, config=config.reader, ground_truth=labels.ground_truth, raw=raw)
     decode = partial(decode_stage, image=config.image, caption=config.caption, fused=labels.fused,
-                     ground_truth=labels.ground_truth)
+                     ground_truth=labels.ground_truth, raw=raw.modality if raw is not None else None)
     write = partial(write_unit, storage=output, plan=plan,
                     unit_label={u.index: u.label for u in units})
     items = [{"unit": dataclasses.asdict(u)} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     if not labels.pooled:  # everything in one task per unit
         return ds.map_batches(chain(read, decode, write), batch_size=1)
-    ds = ds.map_batches(chain(read, decode), batch_size=1)
-    for modality, labeler_config in labels.pooled.items():
+    # Who gets the CPUs and GPUs, where the recipe leaves it to the job: see pipeline/data/pool_layout.py.
+    layout = layout_for_run(config, labels.pooled, read, decode, items[0])
+    ds = ds.map_batches(chain(read, decode), batch_size=1, num_cpus=layout.decode_cpus,
+                        concurrency=layout.decode_tasks)
+    for modality, labeler_config in layout.pools.items():
         ds = ds.map_batches(
             PooledLabelStage, batch_size=None, fn_constructor_args=(modality, labeler_config, config.storage),
             concurrency=labeler_config.concurrency, num_cpus=labeler_config.num_cpus,
             num_gpus=labeler_config.num_gpus or None,
+            # Any node (an empty selector), stated so that the pools' remote args differ from the decode tasks':
+            # with equal ones Ray Data fuses the decode tasks into the first pool's actors, and decode then no
+            # longer scales apart from that model (BENCHMARKS.md, "Labeling throughput").
+            label_selector={},
         )
-    return ds.map_batches(write, batch_size=None)
+    # The writer shares the decode tasks' CPU slots: with a default whole CPU it could not start until the decode
+    # tasks and pools let go of theirs, and every unit would be written at the end of the run.
+    return ds.map_batches(write, batch_size=None, num_cpus=layout.decode_cpus)
 
 
 def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> dict:
@@ -210,7 +235,7 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
         split_labelers(config, config.modalities)  # a labeler without its weights fails now, before any output exists
     output = Storage(config.output, config.storage)
     source = Storage(config.input, config.storage) if config.input else None
-    units = list_units(source, config.reader) if source is not None else None
+    units = list_input_units(source, config) if source is not None else None
     runs = plan_runs(output, config, units)
     shards = len(units) if units is not None else json.loads(output.read_bytes(STATE_FILE))["units"]
     processed: set[int] = set()
@@ -291,7 +316,9 @@ def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, sha
                     storage_config=config.storage, expected_hashes=made_by.get(plan.run, {}))
     set_data_context(single_operator=True)
     ds = ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
-    for count, row in enumerate(ds.map_batches(stage, batch_size=1).iter_rows(), start=1):
+    # A neural tokenizer encodes on a share of a GPU when the cluster has GPUs (pipeline/data/pool_layout.py).
+    gpus = tokenize_gpus(plan.modalities, ray.cluster_resources())
+    for count, row in enumerate(ds.map_batches(stage, batch_size=1, num_gpus=gpus).iter_rows(), start=1):
         _log_unit(log, row, count, len(pending))
 
 

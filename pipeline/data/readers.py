@@ -73,13 +73,13 @@ def detect_format(files: list[str]) -> str:
         return "webdataset"
     if any(f.endswith(".parquet") for f in files):
         return "parquet"
-    if any(_ext(f) in IMAGE_EXTS for f in files):
+    if any(file_ext(f) in IMAGE_EXTS for f in files):
         return "folder"
     raise InputError("found no .tar, .parquet or image files to read")
 
 
-def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
-    """Sorted, deterministic work units of the input root."""
+def input_files(storage: Storage) -> list[str]:
+    """Every file under the input root but hidden ones, sorted; a clear InputError when there is nothing to read."""
     if not storage.exists():
         raise InputError(f"input {storage.root} does not exist")
     if not storage.is_dir():
@@ -90,6 +90,12 @@ def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
         raise InputError(f"cannot list input {storage.root}: {exc}") from exc
     if not files:
         raise InputError(f"input {storage.root} is empty")
+    return files
+
+
+def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
+    """Sorted, deterministic work units of the input root."""
+    files = input_files(storage)
     fmt = detect_format(files) if config.format == "auto" else config.format
     if fmt == "webdataset":
         paths = [f for f in files if f.endswith(TAR_EXTS)]
@@ -107,7 +113,7 @@ def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
                 stop = min(start + config.samples_per_unit, num_rows)
                 units.append(WorkUnit(len(units), fmt, path, rows=(start, stop)))
         return units
-    images = [f for f in files if _ext(f) in IMAGE_EXTS]
+    images = [f for f in files if file_ext(f) in IMAGE_EXTS]
     step = config.samples_per_unit
     return [
         WorkUnit(i, fmt, images[start], files=tuple(images[start : start + step]))
@@ -115,7 +121,7 @@ def list_units(storage: Storage, config: ReaderConfig) -> list[WorkUnit]:
     ]
 
 
-def _ext(path: str) -> str:
+def file_ext(path: str) -> str:
     name = posixpath.basename(path)
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 

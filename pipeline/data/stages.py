@@ -16,6 +16,8 @@ from pipeline.data.decode import DecodeError, decode_caption, decode_image, deco
 from pipeline.data.encoding import encode_json
 from pipeline.data.ground_truth import ground_truth_payload, member_ext
 from pipeline.data.labelers import DecodedBatch, get_labeler
+from pipeline.data.raw import RawReader
+from pipeline.data.raw_units import read_raw_unit
 from pipeline.data.readers import RawSample, WorkUnit, read_unit
 from pipeline.data.storage import Storage
 from schemas.common import StorageConfig
@@ -44,14 +46,20 @@ def quarantine(batch: Batch, index: int, stage: Stage, reason: Reason, detail: s
 
 
 # --- read ----------------------------------------------------------------------------------------------------------
-def read_stage(units: Batch, *, storage: Storage, config: ReaderConfig, ground_truth: tuple[str, ...] = ()) -> Batch:
+def read_stage(units: Batch, *, storage: Storage, config: ReaderConfig, ground_truth: tuple[str, ...] = (),
+               raw: RawReader | None = None) -> Batch:
     """One unit row in, all of that unit's samples and read-stage quarantine records out, in source order.
-    `ground_truth` modalities are looked up among each sample's extra members (`<key>.depth.npy`, ...)."""
+    `ground_truth` modalities are looked up among each sample's extra members (`<key>.depth.npy`, ...). With a
+    `raw` plug-in the unit's files are read through it, and its member rides in the ground-truth column of its
+    modality: the sample's own value, taken as it is."""
     (unit_json,) = units["unit"]
     unit = WorkUnit(**{k: tuple(v) if isinstance(v, list) else v for k, v in unit_json.items()})
+    if raw is not None:
+        ground_truth = (raw.modality,)
     columns = ("key", "source_uri", "image", "caption", "meta", *STATUS_COLUMNS, *map(ground_truth_column, ground_truth))
     rows: dict[str, list] = {c: [] for c in ("unit", *columns)}
-    for item in read_unit(storage, unit, config):
+    items = read_unit(storage, unit, config) if raw is None else read_raw_unit(storage, unit, config, raw)
+    for item in items:
         if isinstance(item, RawSample):
             truths = [item.extras.get(member_ext(m)) for m in ground_truth]
             values = (item.key, item.source_uri, item.image, item.caption, item.meta, "", "", "", *truths)
@@ -74,8 +82,13 @@ def ground_truth_column(modality: str) -> str:
 # --- decode (+ the cheap labelers, fused into the same task) --------------------------------------------------------
 def decode_stage(
     batch: Batch, *, image: ImageConfig, caption: CaptionConfig, fused: dict[str, LabelerConfig],
-    ground_truth: tuple[str, ...] = (),
+    ground_truth: tuple[str, ...] = (), raw: str | None = None,
 ) -> Batch:
+    """Image, caption, metadata and ground-truth members -> decoded columns, then the fused labelers. With a `raw`
+    primary modality there is no image: its member (already parsed by its plug-in) goes to its payload column,
+    and the pixel columns are empty (zero-sized crops), so the writer's layout stays the same."""
+    if raw is not None:
+        return _decode_raw(batch, raw=raw, caption=caption, fused=fused)
     n = len(batch["key"])
     pixels = np.zeros((n, image.resolution, image.resolution, 3), dtype=np.uint8)
     crops = np.zeros((n, 5), dtype=np.int32)
@@ -99,6 +112,25 @@ def decode_stage(
                orig_size=np.asarray(sizes, dtype=np.int64).reshape(n, 2),
                annotations=np.array(annotations, dtype=object))
     out.update({payload_column(m): column for m, column in truths.items()})
+    for modality, labeler_config in fused.items():
+        apply_labeler(out, get_labeler(modality)(labeler_config), labeler_config.batch_size)
+    return out
+
+
+def _decode_raw(batch: Batch, *, raw: str, caption: CaptionConfig, fused: dict[str, LabelerConfig]) -> Batch:
+    n = len(batch["key"])
+    captions = [""] * n
+    for i in np.flatnonzero(ok_mask(batch)):
+        try:
+            captions[i] = decode_caption(optional_bytes(batch["caption"][i]), caption)
+        except DecodeError as exc:
+            quarantine(batch, i, Stage.DECODE, exc.reason, exc.detail)
+    dropped = ("image", "caption", "meta", ground_truth_column(raw))
+    out = {k: v for k, v in batch.items() if k not in dropped}
+    out.update(pixels=np.zeros((n, 0, 0, 3), dtype=np.uint8), crop=np.zeros((n, 5), dtype=np.int32),
+               caption=np.array(captions, dtype=object), orig_size=np.zeros((n, 2), dtype=np.int64),
+               annotations=np.array([b"{}"] * n, dtype=object))
+    out[payload_column(raw)] = np.array([optional_bytes(v) for v in batch[ground_truth_column(raw)]], dtype=object)
     for modality, labeler_config in fused.items():
         apply_labeler(out, get_labeler(modality)(labeler_config), labeler_config.batch_size)
     return out

@@ -29,6 +29,18 @@ def load_tokenizer_from(uri: str, config: StorageConfig) -> Tokenizer:
     return tokenizer_from_files(files)
 
 
+def on_assigned_gpu(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer with its network moved to the GPU Ray gave this task, if it gave one (run_tokenize asks for a
+    share of a GPU per task when the cluster has GPUs and the run a neural tokenizer); WordPiece has no network."""
+    import ray
+    import torch
+
+    network = getattr(tokenizer, "network", None)
+    if network is not None and ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
+        network.to("cuda")
+    return tokenizer
+
+
 def tokenizer_hashes(uris: dict[str, str], config: StorageConfig) -> dict[str, str]:
     """Modality -> content hash of the tokenizer at each URI (what the manifest rows it writes will record)."""
     return {modality: load_tokenizer_from(uri, config).content_hash for modality, uri in uris.items()}
@@ -41,7 +53,7 @@ def tokenize_shard(shards: Batch, *, storage: Storage, plan: WritePlan, tokenize
     (index,) = (int(i) for i in shards["unit"])
     manifest = []
     for modality in plan.modalities:
-        tokenizer = load_tokenizer_from(tokenizers[modality], storage_config)
+        tokenizer = on_assigned_gpu(load_tokenizer_from(tokenizers[modality], storage_config))
         expected = (expected_hashes or {}).get(modality, tokenizer.content_hash)
         if tokenizer.content_hash != expected:
             raise TokenizerMismatchError(f"{tokenizers[modality]} changed while tokenizing {plan.run}: content hash "

@@ -5,6 +5,9 @@ Samples are split into a fit set and a score set by a hash of their key (`schema
 the split is the same for every checkpoint and every task, and never depends on shard order. Being the same split
 as pretraining's validation holdout at a larger fraction, the score set holds every key pretraining held out and the
 probe never fits on one.
+
+With several datasets (`EvaluateConfig.data` as a mixture), a task reads the one `task_data` names for it, else the
+first whose manifest holds every folder the task reads (`dataset_for`).
 """
 
 from __future__ import annotations
@@ -68,15 +71,15 @@ class TaskContext:
             raise ValueError(f"task {self.task.name!r} needs the {modality} tokenizer: set tokenizers.{modality} "
                              f"in the evaluate config")
         tokenizer = load_tokenizer_from(directory, self.config.storage)
-        if self.config.data is not None:
-            require_tokenizer(read_manifest(self.storage), modality, tokenizer.content_hash, self.storage.uri())
+        for path in self.config.datasets().values():  # every dataset holding the modality must have used it
+            storage = Storage(path, self.config.storage)
+            require_tokenizer(read_manifest(storage), modality, tokenizer.content_hash, storage.uri())
         return tokenizer
 
     @functools.cached_property
     def storage(self) -> Storage:
-        if self.config.data is None:
-            raise ValueError(f"task {self.task.name!r} reads token shards: give --data (a preprocess output)")
-        return Storage(self.config.data, self.config.storage)
+        """The dataset this task reads."""
+        return Storage(dataset_for(self.config, self.task), self.config.storage)
 
     @functools.cached_property
     def samples(self) -> list[EvalSample]:
@@ -98,6 +101,27 @@ class TaskContext:
         if not isinstance(self.task.data, ExternalDataset):
             raise TypeError(f"task {self.task.name!r} has no external dataset")
         return self.task.data.load()
+
+
+def dataset_for(config: EvaluateConfig, task: Task) -> str:
+    """The path of the dataset `task` reads: the one `task_data` names, the only one, or the first whose manifest
+    holds the task's token folders and aux folders."""
+    datasets = config.datasets()
+    if not datasets:
+        raise ValueError(f"task {task.name!r} reads token shards: give --data (a preprocess output)")
+    if task.name in config.task_data:
+        return datasets[config.task_data[task.name]]
+    if len(datasets) == 1:
+        return next(iter(datasets.values()))
+    split = task.data
+    wanted = [token_folder(m) for m in split.modalities] + list(split.aux) if isinstance(split, TokenSplit) else []
+    held = {}
+    for name, path in datasets.items():
+        held[name] = {row.folder for row in read_manifest(Storage(path, config.storage))}
+        if set(wanted) <= held[name]:
+            return path
+    raise ValueError(f"task {task.name!r} reads {wanted}, which no dataset of data holds whole: "
+                     f"{ {name: sorted(folders) for name, folders in held.items()} }; set task_data.{task.name}")
 
 
 def read_split(storage: Storage, split: TokenSplit, max_samples: int) -> list[EvalSample]:

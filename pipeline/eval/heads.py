@@ -1,4 +1,5 @@
-"""Probe heads fitted on frozen features: a linear classifier or a small MLP, full batch, on the CPU or GPU.
+"""Probe heads fitted on frozen features: a linear classifier or a small MLP, full batch, on the CPU or GPU, and a
+ridge regression for real-valued targets.
 
 Features are standardised with the fit set's statistics first, so one learning rate and weight decay suit
 encoders of any width. Classes are the labels seen in the fit set; a score-set label never seen while fitting
@@ -7,13 +8,18 @@ cannot be predicted and simply counts as a miss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pipeline.eval.registry import HeadKind
+from pipeline.eval.metrics import classification_accuracy, majority_class
+from pipeline.eval.registry import HeadKind, Score
 from schemas.evaluate import ProbeConfig
+
+if TYPE_CHECKING:
+    from pipeline.eval.context import EvalSample, TaskContext
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, head: HeadKind, config: ProbeConfig,
@@ -51,3 +57,29 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, head: HeadKind, config: 
         return classes[index]
 
     return predict
+
+
+def ridge_predictor(features: np.ndarray, targets: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Ridge regression of (N,) or (N, K) targets on standardised (N, D) features, its strength picked by
+    leave-one-out (closed form, no seed); returns a predictor."""
+    from sklearn.linear_model import RidgeCV
+
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit((features - mean) / std, targets)
+    return lambda new: model.predict((np.asarray(new) - mean) / std)
+
+
+def pooled_features(ctx: TaskContext, parts: Sequence[Sequence[EvalSample]],
+                    inputs: tuple[str, ...]) -> list[np.ndarray]:
+    """The frozen encoder's mean-pooled features (N, D) of each list of samples, from their `inputs` tokens alone."""
+    return [ctx.model.pooled_features([{m: s.tokens[m] for m in inputs} for s in part], inputs,
+                                      ctx.config.probe.batch_size) for part in parts]
+
+
+def probe_accuracy(ctx: TaskContext, x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray,
+                   y_score: np.ndarray) -> list[Score]:
+    """The task's probe head fitted on the fit set: its accuracy on the score set, against always answering the fit
+    set's majority class."""
+    predict = fit_probe(x_fit, y_fit, ctx.task.head, ctx.config.probe, device=ctx.model.device)
+    baseline = classification_accuracy(np.full_like(y_score, majority_class(y_fit)), y_score)
+    return [Score("accuracy", classification_accuracy(predict(x_score), y_score), baseline)]

@@ -31,6 +31,12 @@ class HeadKind(str, enum.Enum):
     NONE = "none"  # no head: similarity of frozen features (retrieval), or a test task
 
 
+class DataUnmet(Exception):
+    """Raised by a task's `evaluate` when the data holds nothing it can score, found only once the samples are read
+    (tables or graphs that are not the sample corpus's): under `--tasks all` the task is reported `skipped` with
+    this reason, as one whose folders are absent is; a task named explicitly fails with it."""
+
+
 @dataclass(frozen=True)
 class TokenSplit:
     """Samples of the run's token shards: the `tok_<modality>` folders read together with aux folders (e.g. the

@@ -1,8 +1,8 @@
 """Fan-out: every (checkpoint, task) pair is one Ray task with the task's own resources; rows gathered as they end.
 
 A task that raises is caught on its worker and comes back as a `failed` row carrying the error and traceback; a
-task whose worker dies comes back the same way from the driver. Either way the other tasks keep running, and the
-caller decides the exit code from the rows (`any_failed`).
+task whose worker dies is run once more, and if that one dies too, comes back the same way from the driver. Either
+way the other tasks keep running, and the caller decides the exit code from the rows (`any_failed`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import ray
 
-from pipeline.eval.registry import Task
+from pipeline.eval.registry import DataUnmet, Task
 from schemas.evaluate import EvaluateConfig
 from schemas.common import StorageConfig
 
@@ -116,6 +116,8 @@ def evaluate_task(task: Task, checkpoint: str | None, config: EvaluateConfig) ->
                              higher_is_better=task.metric(score.metric).higher_is_better))
         return rows
     except Exception as exc:  # any failure of the task is its result, never the job's crash
+        if isinstance(exc, DataUnmet) and config.tasks == ("all",):  # what `all` skips, as drop_unmet does
+            return [skipped_row(task, checkpoint, [str(exc)])]
         return [failed_row(task, checkpoint, step, started, f"{type(exc).__name__}: {exc}", traceback.format_exc())]
 
 
@@ -125,7 +127,9 @@ def failed_row(task: Task, checkpoint: str | None, step: int | None, started: fl
                 status="failed", higher_is_better=task.metrics[0].higher_is_better, error=error, traceback=trace)
 
 
-_evaluate_remote = ray.remote(max_retries=0)(evaluate_task)
+# A task's own errors are caught inside it (a `failed` row, never retried); max_retries only reruns a task whose
+# worker process died (killed, OOM, node lost), once: a second death is reported as the task's failed row.
+_evaluate_remote = ray.remote(max_retries=1)(evaluate_task)
 
 
 def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task], checkpoints: Sequence[str | None],
@@ -194,7 +198,9 @@ class RunInventory:
 
         return cls(
             frozenset(read_modalities(checkpoint, config.storage)) if checkpoint else None,
-            frozenset(row.folder for row in read_manifest(Storage(config.data, config.storage)))
+            # over several datasets, the union: a task whose folders no one dataset holds fails naming them
+            frozenset(row.folder for path in config.datasets().values()
+                      for row in read_manifest(Storage(path, config.storage)))
             if config.data is not None else None,
             frozenset(config.tokenizers))
 

@@ -9,9 +9,11 @@ label value looks like to a network), trained with `fit`. Importing this package
 
 from pipeline.tokenizers.base import Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_from_files
 from pipeline.tokenizers.global_mlp import GlobalEmbeddingTokenizer
+from pipeline.tokenizers.graph import GraphTokenizer
 from pipeline.tokenizers.image import FeatureMapTokenizer, ImageTokenizer
 from pipeline.tokenizers.members import encode_members
 from pipeline.tokenizers.neural import NeuralTokenizer
+from pipeline.tokenizers.signal import SignalTokenizer
 from pipeline.tokenizers.sequence import (
     decode_records,
     dequantize,
@@ -19,13 +21,17 @@ from pipeline.tokenizers.sequence import (
     get_serializer,
     quantize,
 )
+from pipeline.tokenizers.table import TableTokenizer
 from pipeline.tokenizers.text import TextTokenizer, train_wordpiece
 
 __all__ = [
     "FeatureMapTokenizer",
     "GlobalEmbeddingTokenizer",
+    "GraphTokenizer",
     "ImageTokenizer",
     "NeuralTokenizer",
+    "TableTokenizer",
+    "SignalTokenizer",
     "TextTokenizer",
     "Tokenizer",
     "TokenizerConfig",

@@ -30,6 +30,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from schemas.modalities import Values, get_modality
+from schemas.registry import Registry
 
 Stats = dict[str, list[float]]
 EPS = 1e-6
@@ -275,8 +276,18 @@ class VectorCodec(FeatureCodec):
         return np.pad(array.astype(np.float32), (0, side * side - array.size)).reshape(side, side)
 
 
-CODECS: dict[Values, type[Codec]] = {cls.values: cls for cls in (
-    ColorCodec, DepthCodec, ClassesCodec, BinaryCodec, UnitVectorCodec, FeatureCodec, VectorCodec)}
+# Keyed by the Values member each codec reads (a str enum, so "color" finds ColorCodec too). Codecs defined
+# elsewhere (pipeline/tokenizers/signal.py) add themselves with `register_codec` when their module is imported.
+CODECS: Registry[type[Codec]] = Registry("codec")
+
+
+def register_codec(cls: type[Codec]) -> type[Codec]:
+    """The codec of `cls.values` (one per Values member)."""
+    return CODECS.register(cls.values, cls)
+
+
+for _codec in (ColorCodec, DepthCodec, ClassesCodec, BinaryCodec, UnitVectorCodec, FeatureCodec, VectorCodec):
+    register_codec(_codec)
 
 
 def codec_class(modality: str) -> type[Codec]:

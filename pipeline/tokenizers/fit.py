@@ -47,8 +47,9 @@ def new_tokenizer(modality: str, tokenizer_id: str, samples: Sequence[np.ndarray
     in_channels, out_channels = codec_cls(stats, model.get("num_classes")).channels(samples[0])
     fitted: dict[str, Any] = {"modality": modality, "stats": stats, "in_channels": in_channels,
                               "out_channels": out_channels}
-    if "resolution" in cls.settings_model.model_fields:
-        fitted["resolution"] = int(np.shape(samples[0])[0])
+    for size in ("resolution", "frames"):  # image side, or signal frames per sample
+        if size in cls.settings_model.model_fields:
+            fitted[size] = int(np.shape(samples[0])[0])
     settings = cls.settings_model.model_validate({**cls.default_model, **fitted, **model})
     return cls.create(tokenizer_id, settings)
 

@@ -1,8 +1,9 @@
 """What a pretraining worker counts between log rows, and since the run began, reduced over ranks into a metrics row.
 
 `LossSums` keeps loss sums on the device, so that no micro-batch waits for a host sync: the total first, then each
-modality's in table order; with their counts the logged losses are means over all ranks' micro-batches, not one
-micro-batch of rank 0 (the held-out validation sums its batches the same way). `MetricsWindow` adds the window's
+modality's in table order; with their counts the logged total is a mean over all ranks' micro-batches and each
+modality's a mean over all ranks' target tokens of it, not one micro-batch of rank 0 (the held-out validation sums
+its batches the same way). `MetricsWindow` adds the window's
 tokens, samples and model FLOPs (for throughput and MFU) and the run's cumulative counts, which a scaling-law study
 plots against: each rank keeps its own totals (saved in its checkpoint), and a row reports their sum over ranks.
 """
@@ -32,7 +33,12 @@ def gather_rows(values: list[float], device) -> np.ndarray:
 
 
 class LossSums:
-    """Sums and counts of the total loss and of each modality's, over the model outputs added since the reset."""
+    """Sums and counts of the total loss and of each modality's, over the model outputs added since the reset.
+
+    The total is a mean over micro-batches. A modality's loss is a mean over its target tokens: each micro-batch's
+    mean is weighted by how many targets of the modality it had, so a modality that a dataset mixture leaves out of
+    most of a batch is scored on the tokens that exist, not pulled towards a micro-batch holding three of them. A
+    modality with no target in a window has no mean: its key is left out of the row (never a 0)."""
 
     def __init__(self, table: ModalityTable, device):
         import torch
@@ -42,20 +48,23 @@ class LossSums:
         self._sums = torch.zeros(len(table) + 1, dtype=torch.float64, device=device)
         self._counts = np.zeros(len(table) + 1)
 
-    def add(self, out) -> None:
-        """One model output (`loss`, `losses` by modality)."""
+    def add(self, out, batch: dict[str, np.ndarray]) -> None:
+        """One model output (`loss`, `losses` by modality) on `batch` (whose live target slots weight them)."""
         self._sums[0] += out.loss.detach()
         self._counts[0] += 1
+        targets = target_counts(batch, len(self.names))
         for name, value in out.losses.items():
-            self._sums[self._slot[name]] += value.detach()
-            self._counts[self._slot[name]] += 1
+            slot = self._slot[name]
+            self._sums[slot] += value.detach() * float(targets[slot - 1])
+            self._counts[slot] += targets[slot - 1]
 
     def values(self) -> list[float]:
         """Sums then counts: what ranks gather and add up before `means`."""
         return [*self._sums.tolist(), *self._counts]
 
     def means(self, summed: np.ndarray, prefix: str) -> dict[str, float]:
-        """`values()` added over ranks -> {prefix: total mean, prefix_<modality>: mean} for the modalities seen."""
+        """`values()` added over ranks -> {prefix: total mean, prefix_<modality>: mean} for the modalities with a
+        target on some rank (a rank without one adds 0 to both its sum and its count)."""
         sums, counts = np.split(np.asarray(summed, dtype=np.float64), 2)
         keys = (prefix, *(f"{prefix}_{name}" for name in self.names))
         return {key: float(total / count) for key, total, count in zip(keys, sums, counts) if count}
@@ -63,6 +72,12 @@ class LossSums:
     def reset(self) -> None:
         self._sums.zero_()
         self._counts[:] = 0
+
+
+def target_counts(batch: dict, modalities: int) -> np.ndarray:
+    """Live target slots per modality index of one batch (numpy or CPU tensors: no device sync)."""
+    live = ~np.asarray(batch["dec_pad"])
+    return np.bincount(np.asarray(batch["dec_modality"])[live], minlength=modalities)
 
 
 @dataclass
@@ -110,7 +125,7 @@ class MetricsWindow:
         counts = batch_counts(batch, self.dims, self.vocab_sizes)
         self.window.add(counts)
         self.run.add(counts)
-        self.losses.add(out)
+        self.losses.add(out, batch)
 
     def row(self) -> dict:
         """The metrics row of this window over every rank (a collective: every rank calls it), then a new window.

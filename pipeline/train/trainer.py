@@ -30,8 +30,10 @@ def run_dir(config: PretrainConfig) -> Storage:
 def require_data(config: PretrainConfig) -> None:
     if not config.data:
         raise ConfigError("data: pretrain needs token shards, --data URI (a preprocess output with tok_* folders)")
+    paths = [config.data] if isinstance(config.data, str) else [entry.path for entry in config.data]
     try:  # before a Ray instance starts: a folder that is no Tessera output fails in one line
-        read_manifest(Storage(config.data, config.storage))
+        for path in paths:
+            read_manifest(Storage(path, config.storage))
     except MissingManifestError as exc:
         raise ConfigError(f"data: {exc}") from None
 
@@ -48,10 +50,13 @@ def param_summary(config: PretrainConfig, table: ModalityTable) -> dict[str, int
 def run_pretrain(config: PretrainConfig, callbacks: Sequence[StepCallback] = ()) -> dict:
     """Train (or resume) the run `config.name`; returns its summary. `callbacks` run on every worker after every
     optimizer step (`pipeline/train/callbacks.py`)."""
-    from pipeline.data.token_shards import modality_table_from_output
+    from pipeline.data.mixture import run_table
 
     require_data(config)
-    table = modality_table_from_output(config.data, config.modalities, config.storage, config.vocab_sizes)
+    try:  # a mixture whose datasets disagree on a modality's tokenizer fails here, in one line
+        table = run_table(config.data, config.modalities, config.storage, config.vocab_sizes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     run = run_dir(config)
     trainer = build_trainer(
         train_loop,

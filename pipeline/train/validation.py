@@ -20,12 +20,12 @@ from schemas.pretrain import PretrainConfig
 
 def token_loader(config: PretrainConfig, table: ModalityTable, worker: Worker, part: str, **settings):
     """This rank's loader over the `train` or `holdout` part of the token shards (split by key hash at
-    `validation.fraction`), with `settings` overriding the run's loader settings."""
-    from pipeline.data.loader import TokenShardLoader
+    `validation.fraction`; in a mixture, of every dataset's), with `settings` overriding the run's loader settings."""
+    from pipeline.data.mixture import open_loader
 
     loader = config.loader.model_copy(update={"holdout_fraction": config.validation.fraction, **settings})
-    return TokenShardLoader(config.data, table, config.masking, loader, worker.rank, worker.world, config.storage,
-                            part=part)
+    return open_loader(config.data, table, config.masking, loader, worker.rank, worker.world, config.storage,
+                       part=part)
 
 
 def evaluated(engine, batches: Iterable[dict], device) -> Iterator:
@@ -83,7 +83,7 @@ class Validator:
         batches = self.batches + [self.filler] * (forwards - len(self.batches))
         for index, out in enumerate(evaluated(engine, batches, self.worker.device)):
             if index < len(self.batches):
-                self.losses.add(out)
+                self.losses.add(out, batches[index])
         summed = gather_rows(self.losses.values(), self.worker.device).sum(axis=0)
         self.losses.reset()
         return self.losses.means(summed, "val_loss")
@@ -92,10 +92,10 @@ class Validator:
 def first_batch(config: PretrainConfig, table: ModalityTable, worker: Worker) -> dict:
     """The first batch of this rank's stream from a fresh loader with the run's own loader settings over all its
     samples (no held-out split): a batch anyone can rebuild from the config."""
-    from pipeline.data.loader import TokenShardLoader
+    from pipeline.data.mixture import open_loader
 
     settings = config.loader.model_copy(update={"prefetch_batches": 0})
-    loader = TokenShardLoader(config.data, table, config.masking, settings, worker.rank, worker.world, config.storage)
+    loader = open_loader(config.data, table, config.masking, settings, worker.rank, worker.world, config.storage)
     return next(iter(loader))
 
 

@@ -37,6 +37,9 @@ class Labeler:
     needs_weights: ClassVar[bool] = False
     # Loads a model: built once per actor in its own pool, never per unit inside the decode tasks.
     needs_pool: ClassVar[bool] = False
+    # Labels from the image's pixels; False for labelers of the caption alone, the only ones a corpus without
+    # images (a raw primary modality: audio, time series, ...) can run.
+    reads_pixels: ClassVar[bool] = True
 
     def __init__(self, config: LabelerConfig | None = None, storage: StorageConfig | None = None):
         self.config = config or LabelerConfig()

@@ -28,6 +28,7 @@ def packaged_minilm() -> str:
 class CaptionEmbedding(Labeler):
     modality = "caption_embedding"
     needs_pool = True
+    reads_pixels = False
 
     def __init__(self, config: LabelerConfig | None = None, storage: StorageConfig | None = None):
         super().__init__(config, storage)
@@ -36,7 +37,7 @@ class CaptionEmbedding(Labeler):
 
         path = resolve_weights(self.config.weights, self.storage) if self.config.weights else packaged_minilm()
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() and self.config.num_gpus > 0 else "cpu"
+        self.device = "cuda" if torch.cuda.is_available() and (self.config.num_gpus or 0) > 0 else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(self.device).eval()
 

@@ -90,7 +90,7 @@ class ImageModelLabeler(Labeler):
         # bf16/fp16 halve memory and run on tensor cores on a GPU; outputs are stored at their own precision anyway
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.precision]
         path = resolve_weights(required_weights(self.modality, self.config), self.storage)
-        self.device = torch.device("cuda" if torch.cuda.is_available() and self.config.num_gpus > 0 else "cpu")
+        self.device = torch.device("cuda" if torch.cuda.is_available() and (self.config.num_gpus or 0) > 0 else "cpu")
         self.input = ImageInput.from_dir(path)
         self.model = self.load_model(path).to(self.device).eval()
         self.encode = ENCODERS[get_modality(self.modality).ext]

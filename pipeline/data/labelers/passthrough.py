@@ -18,6 +18,7 @@ class RGB(Labeler):
 @register_labeler
 class Caption(Labeler):
     modality = "caption"
+    reads_pixels = False
 
     def label(self, batch: DecodedBatch) -> list[bytes]:
         return [caption.encode("utf-8") for caption in batch.captions]

@@ -17,10 +17,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from pipeline.data.decode import DecodeError
 from schemas.config import ConfigModel
 from schemas.registry import Registry
+from schemas.shards import Reason
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 
 class RawSettings(ConfigModel):
@@ -55,6 +60,31 @@ class RawReader(abc.ABC):
     @abc.abstractmethod
     def decode_member(self, member: bytes) -> Any:
         """A label member's bytes -> the value tokenizers, eval tasks and previews use (an array, a dict)."""
+
+
+def bad_raw(detail: str) -> DecodeError:
+    """The error of a file this plug-in cannot read: the read stage quarantines the file with this detail."""
+    return DecodeError(Reason.BAD_RAW, detail)
+
+
+def open_parquet(data: bytes, max_rows: int, max_columns: int, rows_setting: str = "max_rows",
+                 columns_setting: str = "max_columns") -> pq.ParquetFile:
+    """A Parquet file opened by its footer alone, refused when its row or column count is over the plug-in's limits
+    (named `rows_setting`, `columns_setting` in the message). The counts come from the metadata before any column
+    is decompressed: a small, highly compressed file can expand a thousandfold in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise bad_raw(f"not a readable Parquet file: {exc}") from None
+    rows, columns = file.metadata.num_rows, file.metadata.num_columns
+    if rows > max_rows:
+        raise bad_raw(f"{rows:,} rows, over {rows_setting} {max_rows:,}")
+    if columns > max_columns:
+        raise bad_raw(f"{columns} columns, over {columns_setting} {max_columns}")
+    return file
 
 
 # Keyed by modality name. Plug-in modules register on import; importing `pipeline.data.raw` imports them all.

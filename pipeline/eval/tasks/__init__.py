@@ -2,5 +2,9 @@
 
 from pipeline.eval.tasks import decoding  # noqa: F401,E402
 from pipeline.eval.tasks import digits  # noqa: F401,E402
+from pipeline.eval.tasks import forecasting  # noqa: F401,E402
+from pipeline.eval.tasks import graphs  # noqa: F401,E402
 from pipeline.eval.tasks import probes  # noqa: F401,E402
 from pipeline.eval.tasks import retrieval  # noqa: F401,E402
+from pipeline.eval.tasks import signals  # noqa: F401,E402
+from pipeline.eval.tasks import tables  # noqa: F401,E402

@@ -10,8 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.eval.context import EvalSample, TaskContext
-from pipeline.eval.heads import fit_probe
-from pipeline.eval.metrics import classification_accuracy, majority_class
+from pipeline.eval.heads import pooled_features, probe_accuracy
 from pipeline.eval.registry import HeadKind, Metric, Score, TokenSplit, register_task
 
 ANNOTATIONS = "annotations"
@@ -51,13 +50,8 @@ def evaluate_probe(ctx: TaskContext, label: Label) -> list[Score]:
     (fit, y_fit), (score, y_score) = labelled(fit, label), labelled(score, label)
     if len(fit) < 2 or not len(score):
         raise ValueError(f"{task.name}: too few labelled samples (fit {len(fit)}, score {len(score)})")
-    model = ctx.model
-    features = [model.pooled_features([s.tokens for s in part], task.inputs, ctx.config.probe.batch_size)
-                for part in (fit, score)]
-    predict = fit_probe(features[0], y_fit, task.head, ctx.config.probe, device=model.device)
-    accuracy = classification_accuracy(predict(features[1]), y_score)
-    baseline = classification_accuracy(np.full_like(y_score, majority_class(y_fit)), y_score)
-    return [Score("accuracy", accuracy, baseline)]
+    x_fit, x_score = pooled_features(ctx, (fit, score), task.inputs)
+    return probe_accuracy(ctx, x_fit, y_fit, x_score, y_score)
 
 
 def register_probe(name: str, label: Label, target: str, head: HeadKind = HeadKind.LINEAR_PROBE,

@@ -1,0 +1,129 @@
+"""The label run's CPU/GPU split between decode tasks and model actor pools (pipeline/data/pool_layout.py), and the
+4M-21 GPU recipe that relies on it."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_weights import save_tiny_model
+
+from pipeline.data.labelers import LABELERS
+from pipeline.data.pool_layout import DECODE, calibrate, layout_pools, processes_per_stage, tokenize_gpus
+from pipeline.data.preprocess import run_preprocess, split_labelers
+from pipeline.data.readers import list_units
+from pipeline.data.sample_corpus import write_corpus
+from pipeline.data.stages import decode_stage, read_stage
+from pipeline.data.storage import Storage
+from schemas.common import StorageConfig
+from schemas.config import load_config
+from schemas.corpus import SampleCorpusConfig
+from schemas.preprocess import LabelerConfig, PreprocessConfig
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("depth", "dinov2_feature")
+
+
+def never_calibrate(models):
+    raise AssertionError("a GPU cluster or a pinned recipe needs no calibration")
+
+
+def recipe(tmp_path, *overrides: str) -> PreprocessConfig:
+    weights = [f"labelers.{m}.weights={tmp_path / m}" for m in MODELS]
+    return load_config(PreprocessConfig, None, [f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
+                                                f"modalities=[rgb, caption, {', '.join(MODELS)}]",
+                                                *weights, *overrides])
+
+
+def test_processes_go_to_the_slowest_stage_first():
+    costs = {DECODE: 3.0, "depth": 9.0, "dinov2_feature": 11.0}
+    assert processes_per_stage(costs, 3) == {DECODE: 1, "depth": 1, "dinov2_feature": 1}
+    assert processes_per_stage(costs, 6) == {DECODE: 1, "depth": 2, "dinov2_feature": 3}
+    assert processes_per_stage({DECODE: 10.0, "depth": 1.0}, 8) == {DECODE: 7, "depth": 1}
+
+
+def test_cpu_only_split_follows_the_calibrated_costs_and_fits_the_cpus(tmp_path):
+    config = recipe(tmp_path)
+    pooled = split_labelers(config, config.modalities).pooled
+    costs = {DECODE: 2.0, "depth": 6.0, "dinov2_feature": 2.0}
+    layout = layout_pools(config.labelers, pooled, {"CPU": 8.0}, lambda models: {**costs})
+    assert {m: c.concurrency for m, c in layout.pools.items()} == {"depth": 4, "dinov2_feature": 2}
+    assert all(c.num_gpus == 0 and c.num_cpus == layout.decode_cpus for c in layout.pools.values())
+    decode_processes = 2  # 8 processes in all, one per CPU
+    held = sum(c.concurrency * c.num_cpus for c in layout.pools.values()) + decode_processes * layout.decode_cpus
+    assert held <= 8.0 and layout.costs == costs
+    assert layout.decode_tasks == decode_processes
+    # Fewer CPUs than stages: one process each, at half a CPU, so that they also fit on two 1-CPU nodes.
+    small = layout_pools(config.labelers, pooled, {"CPU": 2.0}, lambda models: {**costs})
+    assert all(c.concurrency == 1 and c.num_cpus == 0.5 for c in small.pools.values())
+    assert small.decode_cpus == 0.5 and small.decode_tasks == 1
+
+
+def test_gpu_cluster_puts_every_model_on_the_gpus_without_calibrating(tmp_path):
+    config = recipe(tmp_path)
+    pooled = split_labelers(config, config.modalities).pooled
+    layout = layout_pools(config.labelers, pooled, {"CPU": 64.0, "GPU": 8.0}, never_calibrate)
+    assert layout.decode_cpus == 1.0
+    for pool in layout.pools.values():
+        assert pool.num_gpus == 0.5 and pool.num_cpus == 1.0 and pool.concurrency == (1, 8)
+
+
+def test_what_the_recipe_pins_is_kept(tmp_path):
+    config = recipe(tmp_path, "labelers.depth.concurrency=2", "labelers.depth.num_cpus=0.5",
+                    "labelers.dinov2_feature.num_gpus=0.25")
+    pooled = split_labelers(config, config.modalities).pooled
+    layout = layout_pools(config.labelers, pooled, {"CPU": 4.0},
+                          lambda models: {DECODE: 1.0, **dict.fromkeys(models, 1.0)})
+    assert (layout.pools["depth"].concurrency, layout.pools["depth"].num_cpus) == (2, 0.5)
+    # dinov2 is automatic (no concurrency) but keeps the GPU share it was given; the 3 CPUs left are split in 3.
+    assert layout.pools["dinov2_feature"].num_gpus == 0.25 and layout.pools["dinov2_feature"].concurrency == 1
+    assert layout.decode_cpus == pytest.approx(1.0, abs=1e-3)
+    pinned = recipe(tmp_path, *(f"labelers.{m}.concurrency=1" for m in MODELS))
+    layout = layout_pools(pinned.labelers, split_labelers(pinned, pinned.modalities).pooled, {"CPU": 2.0},
+                          never_calibrate)
+    assert layout.decode_cpus == 1.0 and all(c.num_cpus == 1.0 and c.num_gpus == 0 for c in layout.pools.values())
+
+
+def test_calibration_times_the_jobs_own_stages(tmp_path):
+    write_corpus(SampleCorpusConfig(out=str(tmp_path / "in"), samples=24, image_size=64, samples_per_shard=24))
+    for modality in MODELS:
+        save_tiny_model(modality, tmp_path / modality)
+    config = recipe(tmp_path, "image.resolution=32")
+    labels = split_labelers(config, config.modalities)
+    source = Storage(config.input, StorageConfig())
+    read = partial(read_stage, storage=source, config=config.reader)
+    decode = partial(decode_stage, image=config.image, caption=config.caption, fused=labels.fused)
+    unit = {"unit": np.array([dataclasses.asdict(list_units(source, config.reader)[0])], dtype=object)}
+    costs = calibrate(read, decode, unit, labels.pooled, config.storage)
+    assert set(costs) == {DECODE, *MODELS} and all(0 < seconds < 1 for seconds in costs.values())
+
+
+def test_a_label_run_lays_out_its_own_pools(tmp_path, ray_session):
+    """No concurrency, num_cpus or num_gpus anywhere in the recipe: the run sizes its pools and completes."""
+    write_corpus(SampleCorpusConfig(out=str(tmp_path / "in"), samples=16, image_size=64, samples_per_shard=8))
+    for modality in MODELS:
+        save_tiny_model(modality, tmp_path / modality)
+    config = recipe(tmp_path, "image.resolution=32")
+    assert run_preprocess(config, log=lambda _: None)["samples_written"] == 16
+
+
+def test_4m21_recipe_labels_every_implemented_image_labeler_on_gpus():
+    config = load_config(PreprocessConfig, REPO / "configs/preprocess/4m21.yaml")
+    models = {name for name in LABELERS.names() if LABELERS.get(name).needs_pool}
+    assert models <= set(config.modalities)  # every model labeler there is
+    labels = split_labelers(config, config.modalities)
+    assert set(labels.pooled) == models
+    assert all(config.labelers[m].weights.startswith("s3://YOUR-BUCKET/weights/") for m in models)
+    assert set(config.tokenizers) == set(config.modalities)
+    layout = layout_pools(config.labelers, labels.pooled, {"CPU": 96.0, "GPU": 8.0}, never_calibrate)
+    assert all(0 < pool.num_gpus < 1 and pool.concurrency == (1, 8) for pool in layout.pools.values())
+    assert sum(pool.num_gpus for pool in layout.pools.values()) <= 1.0  # one actor of each model fits on one GPU
+
+
+def test_tokenize_tasks_take_a_gpu_share_only_for_neural_tokenizers_on_a_gpu_cluster():
+    assert tokenize_gpus(("rgb", "caption"), {"CPU": 96.0, "GPU": 8.0}) == 0.25
+    assert tokenize_gpus(("caption", "metadata"), {"CPU": 96.0, "GPU": 8.0}) is None  # WordPiece: no network
+    assert tokenize_gpus(("rgb",), {"CPU": 2.0}) is None
