@@ -45,12 +45,14 @@ def train_tokenizer(modality: str, shards: str, out: str, steps: int) -> str:
     return output
 
 
-def prepare_raw_datasets(out: str, text_tokenizer: str, steps: int) -> tuple[list[dict], dict[str, str]]:
-    """Write, label, tokenize every raw corpus; returns (the mixture's dataset entries, modality -> tokenizer)."""
+def prepare_raw_datasets(out: str, text_tokenizer: str, steps: int, corpus_sizes: dict[str, dict] | None = None
+                         ) -> tuple[list[dict], dict[str, str]]:
+    """Write, label, tokenize every raw corpus; returns (the mixture's dataset entries, modality -> tokenizer).
+    `corpus_sizes`: per modality, the size arguments of its sample writer (tests write smaller corpora)."""
     entries, tokenizers = [], {}
     for modality, write in RAW_CORPORA.items():
         corpus = f"{out}/corpora/{modality}"
-        files = write(Path(corpus), seed=0)
+        files = write(Path(corpus), seed=0, **(corpus_sizes or {}).get(modality, {}))
         shards = f"{out}/shards_{modality}"
         config = PreprocessConfig(input=corpus, output=shards, primary=modality, modalities=(modality, "caption"),
                                   raw={m: s for m, s in RAW_SETTINGS.items() if m == modality},

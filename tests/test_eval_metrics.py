@@ -74,6 +74,23 @@ def test_recall_at_k_by_hand():
     assert metrics.chance_recall_at_k(10, 5) == pytest.approx(0.5)
 
 
+def test_recall_at_k_with_labels_by_hand():
+    """Rows 0 and 1 share a label (two clips of one spoken word): either one is a hit for either query."""
+    queries = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    gallery = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.2], [1.0, 0.5]])
+    labels = np.array([7, 7, 8, 9])
+    # q0: best hit row 1 (cos 1) -> rank 1; q1: best hit row 0 (cos 1) -> rank 1; q2: own row 2 (.83) is behind
+    # row 3 (.95) -> rank 2; q3: own row 3 (.89) is behind rows 1 (1.0) and 2 (.98), row 1 not its hit -> rank 3.
+    assert metrics.recall_at_k(queries, gallery, 1, labels) == pytest.approx(2 / 4)
+    assert metrics.recall_at_k(queries, gallery, 2, labels) == pytest.approx(3 / 4)
+    assert metrics.recall_at_k(queries, gallery, 3, labels) == pytest.approx(1.0)
+    assert metrics.recall_at_k(queries, gallery, 1, np.arange(4)) == metrics.recall_at_k(queries, gallery, 1)
+    # Chance with 2, 2, 1, 1 hits among 4 at k=1: (1/2 + 1/2 + 1/4 + 1/4) / 4; with one hit each, k / n.
+    assert metrics.chance_recall_at_k(4, 1, np.array([2, 2, 1, 1])) == pytest.approx(0.375)
+    assert metrics.chance_recall_at_k(10, 5, np.ones(10)) == pytest.approx(0.5)
+    assert metrics.chance_recall_at_k(4, 5, np.array([1, 1, 1, 1])) == pytest.approx(1.0)
+
+
 def test_classification_accuracy_and_majority():
     assert metrics.classification_accuracy(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 2])) == pytest.approx(0.75)
     assert metrics.majority_class(np.array([3, 1, 1, 3, 2])) == 1  # tie 1 vs 3: the smaller

@@ -148,7 +148,10 @@ def test_image_labelers_are_refused_for_a_corpus_without_images(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizers(labelled, tmp_path_factory) -> dict[str, Path]:
-    """A tiny tokenizer per modality, trained by the real job (1 worker), then the tokenize stage with it."""
+    """A tiny tokenizer per modality, trained by the real job (1 worker), then the tokenize stage with it; the audio
+    run also tokenizes its captions (a WordPiece vocabulary of them, for audio <-> caption retrieval)."""
+    from pipeline.tokenizers import train_wordpiece
+
     root = tmp_path_factory.mktemp("signal-tokenizers")
     extra = {"time_series": ["model.normalize=sample"], "imu": [], "audio": ["model.values_in_db=true"]}
     out = {}
@@ -160,8 +163,13 @@ def tokenizers(labelled, tmp_path_factory) -> dict[str, Path]:
             "optim.warmup_steps=10", "log_every=50", "checkpoint_every=150", "holdout_fraction=0.2",
             "model.hidden=48", "model.patch=8", *extra[modality]])
         run_train_tokenizer(config)
-        run_preprocess(label_config.model_copy(update={"stages": ("tokenize",),
-                                                       "tokenizers": {modality: str(root / modality)}}),
+        used = {modality: str(root / modality)}
+        if modality == "audio":
+            captions = [text.decode() for _, text in iter_members(Storage(label_config.output, StorageConfig()),
+                                                                  "caption")]
+            used["caption"] = str(train_wordpiece(captions, vocab_size=4700).save(root / "caption"))
+            out["caption"] = root / "caption"
+        run_preprocess(label_config.model_copy(update={"stages": ("tokenize",), "tokenizers": used}),
                        log=lambda _: None)
         out[modality] = root / modality
     return out
@@ -195,8 +203,9 @@ def test_tokenizer_round_trips_and_reconstructs_held_out_windows(labelled, token
 TASKS = {"time_series": "time_series_forecast", "imu": "imu_activity", "audio": "audio_class"}
 
 
-@pytest.mark.parametrize("modality", SIGNALS)
-def test_eval_task_runs_on_the_token_shards(labelled, tokenizers, modality):
+def tiny_context(task_name: str, data: str, tokenizers: dict[str, Path], probe: dict | None = None):
+    """The task's context on `data`, with an untrained tiny model of the task's modalities standing in for a
+    checkpoint: the task's data access, head and baselines are what run."""
     import torch
 
     import pipeline.eval.tasks  # noqa: F401 (registers the tasks)
@@ -205,22 +214,96 @@ def test_eval_task_runs_on_the_token_shards(labelled, tokenizers, modality):
     from pipeline.eval.registry import get_task
     from pipeline.model import build_model
     from schemas.batch import ModalitySpec, ModalityTable
-    from schemas.evaluate import EvaluateConfig
+    from schemas.evaluate import EvaluateConfig, ProbeConfig
     from schemas.model import ModelConfig
 
-    tokenizer = load_tokenizer(tokenizers[modality])
-    task = get_task(TASKS[modality])
-    context = TaskContext(task, None, EvaluateConfig(data=labelled[modality][1].output))
+    task = get_task(task_name)
+    context = TaskContext(task, None, EvaluateConfig(data=data, probe=ProbeConfig(**(probe or {}))))
     torch.manual_seed(0)
-    table = ModalityTable.of([ModalitySpec.from_registry(modality, tokenizer.tokens_per_sample,
-                                                         tokenizer.vocab_size)])
-    # An untrained tiny model stands in for a checkpoint: the task's data access, probe and baselines are what run.
+    specs = []
+    for modality in task.modalities:
+        tokenizer = load_tokenizer(tokenizers[modality])
+        specs.append(ModalitySpec.from_registry(modality, tokenizer.tokens_per_sample, tokenizer.vocab_size))
+    table = ModalityTable.of(specs)
     context.model = EvalModel(build_model(ModelConfig(size="tiny"), table).eval(), table)
+    return context
+
+
+@pytest.mark.parametrize("modality", SIGNALS)
+def test_eval_task_runs_on_the_token_shards(labelled, tokenizers, modality):
+    context = tiny_context(TASKS[modality], labelled[modality][1].output, tokenizers)
+    task = context.task
     scores = task.evaluate(context)
     assert {s.metric for s in scores} == {m.name for m in task.metrics}
     assert all(math.isfinite(s.value) and math.isfinite(s.baseline) for s in scores)
     if modality != "time_series":
         assert all(0 <= s.baseline <= 1 and 0 <= s.value <= 1 for s in scores)
+
+
+@pytest.mark.parametrize("modality", SIGNALS)
+def test_eval_task_raises_data_unmet_on_data_that_does_not_suit_it(labelled, tokenizers, modality):
+    """Data the task cannot score is `DataUnmet` (`--tasks all` reports it skipped): no series window followed by
+    the next one; captions that all say one thing, or free text whose score set names no class the probe fitted."""
+    from pipeline.eval.context import EvalSample
+    from pipeline.eval.registry import DataUnmet
+
+    context = tiny_context(TASKS[modality], labelled[modality][1].output, tokenizers)
+    samples = context.samples
+    if modality == "time_series":  # windows start every window / 2: keep every other pair, so none has its next
+        window = RAW[modality]["window"]
+        cases = {"too few windows with a following window":
+                 [s for s in samples if int(s.key.rsplit("_w", 1)[1]) // window % 2 == 0]}
+    else:
+        def captioned(caption) -> list[EvalSample]:
+            return [EvalSample(s.key, s.tokens, {"caption": {"txt": caption(s).encode()}}) for s in samples]
+
+        cases = {"fewer than two classes": captioned(lambda s: "one class"),
+                 "names a class of the fit set": captioned(lambda s: f"free text about {s.key}")}
+    for words, unsuited in cases.items():
+        context.samples = unsuited
+        fit, score = context.fit_and_score()
+        assert fit and score  # the split itself is not what is unmet
+        with pytest.raises(DataUnmet, match=words):
+            context.task.evaluate(context)
+
+
+@pytest.mark.parametrize("task_name", ["retrieval_audio_to_caption", "retrieval_caption_to_audio"])
+def test_audio_caption_retrieval_runs_against_chance_by_caption_text(labelled, tokenizers, task_name):
+    """Many clips share a caption (a word said by several voices): any of them is a hit, and chance counts them."""
+    from pipeline.eval.metrics import chance_recall_at_k
+
+    data = labelled["audio"][1].output
+    context = tiny_context(task_name, data, tokenizers, probe={"test_fraction": 0.5})
+    texts = dict(iter_members(Storage(data, StorageConfig()), "caption"))
+    _, score = context.fit_and_score()
+    groups = [texts[s.key].decode().strip().lower() for s in score]
+    hits = np.array([groups.count(g) for g in groups])
+    assert hits.max() > 1  # this split holds several clips of some caption
+    scores = {s.metric: s for s in context.task.evaluate(context)}
+    assert scores.keys() == {"recall@1", "recall@5"}
+    for k in (1, 5):
+        # Chance from the caption texts themselves, which the task reads as caption token rows.
+        assert scores[f"recall@{k}"].baseline == pytest.approx(chance_recall_at_k(len(score), k, hits))
+        assert scores[f"recall@{k}"].baseline > k / len(score)
+        assert 0 <= scores[f"recall@{k}"].value <= 1
+    assert "same caption text" in context.task.description
+
+
+def test_retrieval_of_audio_is_skipped_by_all_on_data_without_audio(labelled):
+    """`--tasks all` on the IMU output: the audio <-> caption tasks are skipped (no tok_audio folder), not failed;
+    on the audio output they run."""
+    import pipeline.eval.tasks  # noqa: F401 (registers the tasks)
+    from pipeline.eval.registry import all_tasks
+    from pipeline.eval.runner import drop_unmet
+    from schemas.evaluate import EvaluateConfig
+
+    audio_tasks = {"retrieval_audio_to_caption", "retrieval_caption_to_audio"}
+    runnable, skipped = drop_unmet(EvaluateConfig(data=labelled["imu"][1].output), all_tasks(), progress=lambda _: None)
+    rows = {row["task"]: row for row in skipped}
+    assert audio_tasks <= rows.keys() and not audio_tasks & {t.name for t in runnable}
+    assert all(rows[name]["status"] == "skipped" and "tok_audio" in rows[name]["error"] for name in audio_tasks)
+    runnable, _ = drop_unmet(EvaluateConfig(data=labelled["audio"][1].output), all_tasks(), progress=lambda _: None)
+    assert audio_tasks <= {t.name for t in runnable}
 
 
 def test_sample_mixture_writes_one_corpus_per_modality(tmp_path):

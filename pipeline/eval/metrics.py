@@ -5,6 +5,8 @@ Every metric returns a Python float so results rows stay plain data (parquet, ma
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -100,18 +102,21 @@ def perplexity(logits: np.ndarray, target: np.ndarray, mask: np.ndarray | None =
     return float(np.exp(nll[keep].mean()))
 
 
-def recall_at_k(queries: np.ndarray, gallery: np.ndarray, k: int) -> float:
-    """Fraction of queries whose true match (gallery row i for query row i) is among the k most cosine-similar
-    gallery rows. Ties are broken against the true match, so a constant embedding scores no better than chance."""
+def recall_at_k(queries: np.ndarray, gallery: np.ndarray, k: int, labels: np.ndarray | None = None) -> float:
+    """Fraction of queries with a true match among the k most cosine-similar gallery rows. Rows pair row by row:
+    gallery row j matches query i when j == i, or, given `labels` (one per row pair), when their labels are equal.
+    Ties are broken against the true matches, so a constant embedding scores no better than chance."""
     queries, gallery = np.asarray(queries, np.float64), np.asarray(gallery, np.float64)
     if queries.shape != gallery.shape:
         raise ValueError(f"queries {queries.shape} and gallery {gallery.shape} must pair row by row")
+    labels = np.arange(len(queries)) if labels is None else np.asarray(labels)
     q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
     similarity = q @ g.T
-    true = np.diag(similarity)[:, None]
-    # Rank of the true match = gallery rows scoring at least as high, itself excluded.
-    others_ahead = (similarity >= true).sum(axis=1) - 1
+    match = labels[:, None] == labels[None, :]
+    best = np.where(match, similarity, -np.inf).max(axis=1, keepdims=True)
+    # Rank of the best true match = non-matching gallery rows scoring at least as high.
+    others_ahead = ((similarity >= best) & ~match).sum(axis=1)
     return float(np.mean(others_ahead < k))
 
 
@@ -120,9 +125,12 @@ def classification_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return token_accuracy(pred, labels)
 
 
-def chance_recall_at_k(n: int, k: int) -> float:
-    """Expected recall@k of a random ranking of n gallery items: k / n."""
-    return min(k, n) / n
+def chance_recall_at_k(n: int, k: int, matches: np.ndarray | None = None) -> float:
+    """Expected recall@k of a random ranking of n gallery items: k / n with one true match per query; with
+    `matches[i]` true matches for query i, the mean of 1 - C(n - m_i, k) / C(n, k) (some match among the k drawn)."""
+    if matches is None or k >= n:
+        return min(k, n) / n
+    return float(np.mean([1 - math.comb(n - int(m), k) / math.comb(n, k) for m in matches]))
 
 
 def majority_class(labels: np.ndarray) -> int:

@@ -21,7 +21,7 @@ from pipeline.data.raw.frames import read_frames
 from pipeline.data.sample_corpus.time_series import SEASONS
 from pipeline.eval.context import EvalSample, TaskContext
 from pipeline.eval.heads import pooled_features, ridge_predictor
-from pipeline.eval.registry import HeadKind, Metric, Score, TokenSplit, register_task
+from pipeline.eval.registry import DataUnmet, HeadKind, Metric, Score, TokenSplit, register_task
 
 SERIES = "time_series"
 HORIZON = 16
@@ -71,9 +71,8 @@ def evaluate_forecast(ctx: TaskContext) -> list[Score]:
     every = {s.key: _frames(s) for s in ctx.samples}
     fit, score = ctx.fit_and_score()
     (fit, fit_pairs), (score, score_pairs) = forecast_pairs(fit, every), forecast_pairs(score, every)
-    if len(fit) < 2 or not score:
-        raise ValueError(f"{ctx.task.name}: too few windows with a following window (fit {len(fit)}, "
-                         f"score {len(score)})")
+    if len(fit) < 2 or not score:  # series shorter than two windows, or keys not named `<series>_w<start>`
+        raise DataUnmet(f"too few windows with a following window (fit {len(fit)}, score {len(score)})")
     (x_fit, y_fit, _), (x_score, y_score, names) = standardised(fit_pairs), standardised(score_pairs)
     features = pooled_features(ctx, (fit, score), (SERIES,))
     last_fit, last_score = x_fit[:, -1:], x_score[:, -1:]

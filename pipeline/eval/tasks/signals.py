@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.eval.context import EvalSample, TaskContext
 from pipeline.eval.heads import pooled_features, probe_accuracy
-from pipeline.eval.registry import HeadKind, Metric, Score, TokenSplit, register_task
+from pipeline.eval.registry import DataUnmet, HeadKind, Metric, Score, TokenSplit, register_task
 
 CAPTION = "caption"
 
@@ -32,8 +32,10 @@ def caption_classes(fit: list[EvalSample], score: list[EvalSample]) -> tuple[np.
 def evaluate_recognition(ctx: TaskContext, modality: str) -> list[Score]:
     fit, score = ctx.fit_and_score()
     y_fit, y_score = caption_classes(fit, score)
-    if len(set(y_fit.tolist())) < 2:
-        raise ValueError(f"{ctx.task.name}: the fit set holds fewer than two classes ({len(fit)} samples)")
+    if len(set(y_fit.tolist())) < 2:  # the captions are not classes (a user's data), or one class only
+        raise DataUnmet(f"the fit set's {len(fit)} captions name fewer than two classes")
+    if not (y_score >= 0).any():  # e.g. free-text captions: no score sample's class was ever fitted
+        raise DataUnmet(f"none of the score set's {len(score)} captions names a class of the fit set")
     x_fit, x_score = pooled_features(ctx, (fit, score), (modality,))
     return probe_accuracy(ctx, x_fit, y_fit, x_score, y_score)
 
