@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @ray.remote(num_cpus=1)
 def node_of_task() -> str:
-    time.sleep(0.05)  # long enough that one node cannot take all the tasks before the others get theirs
+    # Long enough that one node cannot take all the tasks before the others get theirs, even when its worker
+    # processes are warm from an earlier test and the other node's are not (0.05 s was not, after a labeling job).
+    time.sleep(1.0)
     return ray.get_runtime_context().get_node_id()
 
 
@@ -77,6 +79,9 @@ def test_head_and_workers_are_alive(ray_cluster: LocalCluster, ray_session: dict
 def test_tasks_land_on_every_worker(ray_cluster: LocalCluster, ray_session: dict) -> None:
     ids = live_node_ids()
     workers = {ids[name] for name in ray_cluster.live_workers()}
+    # The session's earlier jobs release their actors asynchronously; SPREAD only spreads over free CPUs.
+    wait_until(lambda: ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0), 120,
+               "every CPU of the session cluster free again")
 
     spread = ray.get([node_of_task.options(scheduling_strategy="SPREAD").remote() for _ in range(4)])
     assert set(spread) == workers
