@@ -94,3 +94,11 @@ def new_bucket(endpoint: str) -> tuple[str, list[str]]:
 def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, list[str]]]:
     """A fresh bucket per test (see `new_bucket`)."""
     yield new_bucket(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(ray_session: ClusterSummary, tmp_path_factory: pytest.TempPathFactory):
+    """The session's one trained tiny model (tests/trained_model.py): evaluation and generation tests share it."""
+    from trained_model import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("trained-tiny"))
