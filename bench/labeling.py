@@ -23,7 +23,7 @@ job's calibration), which is what a long run converges to. Where the rest goes: 
 CPU seconds per process role.
 
 Tokenize mode: label shards (rgb, caption) are tokenized by an untrained RGB FSQ tokenizer at 224 px and a
-WordPiece vocabulary trained on the corpus' captions: `tokenize_shard` in a loop (one torch thread) against the job's
+WordPiece vocabulary trained on the corpus' captions: `TokenizeShards` in a loop (one torch thread) against the job's
 tokenize run (`run_preprocess` with stages [tokenize]), plus each tokenizer's encode rate alone by batch size.
 """
 
@@ -297,7 +297,7 @@ def tokenize_mode(args, work: Path) -> None:
     from cluster.connect import connect
     from pipeline.data.preprocess import run_preprocess
     from pipeline.data.tar_io import iterate_shard
-    from pipeline.data.tokenize import tokenize_shard
+    from pipeline.data.tokenize import TokenizeShards
     from pipeline.tokenizers import train_wordpiece
     from pipeline.tokenizers.codecs import read_member
     from pipeline.tokenizers.fit import new_tokenizer
@@ -345,23 +345,24 @@ def tokenize_mode(args, work: Path) -> None:
                     encode(data[s:s + batch])
                     n += len(data[s:s + batch])
             print(f"| {modality} | {batch} | {n / (time.perf_counter() - started):.0f} |", flush=True)
-    # the loop: tokenize_shard over every shard, in this process
+    # the loop: TokenizeShards over every shard, in this process
     loop_cfg = fresh("loop")
     out = Storage(loop_cfg.output, loop_cfg.storage)
     plan = WritePlan("tokenize-rgb+caption", ("rgb", "caption"), "tokenize")
     started = time.perf_counter()
+    stage = TokenizeShards(storage=out, plan=plan, tokenizers=loop_cfg.tokenizer_uris(),
+                           storage_config=loop_cfg.storage)  # loads the tokenizers once, as each actor does
     for i in range(units):
-        tokenize_shard({"unit": np.array([i])}, storage=out, plan=plan, tokenizers=loop_cfg.tokenizer_uris(),
-                       storage_config=loop_cfg.storage)
+        stage({"unit": np.array([i])})
     loop_s = time.perf_counter() - started
     torch.set_num_threads(args.cpus)
-    rows = [("loop: tokenize_shard per shard, 1 process, 1 torch thread", loop_s)]
+    rows = [("loop: one TokenizeShards over every shard, 1 process, 1 torch thread", loop_s)]
     for repeat in range(args.repeats):
         cfg = fresh(f"ray-{repeat}")
         started = time.perf_counter()
         run_preprocess(cfg, log=lambda _: None)
         seconds = time.perf_counter() - started
-        rows.append((f"job's tokenize run (Ray Data, 1 task per shard), run {repeat + 1}", seconds))
+        rows.append((f"job's tokenize run (Ray Data actor pool), run {repeat + 1}", seconds))
     print("| path | seconds | samples/s | x loop |\n|---|---|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} | {args.samples / seconds:.1f} | {loop_s / seconds:.2f}x |")

@@ -12,7 +12,7 @@ import pytest
 from model_weights import save_tiny_model
 
 from pipeline.data.labelers import LABELERS
-from pipeline.data.pool_layout import DECODE, calibrate, layout_pools, processes_per_stage, tokenize_gpus
+from pipeline.data.pool_layout import DECODE, calibrate, layout_pools, processes_per_stage, tokenize_pool
 from pipeline.data.preprocess import run_preprocess, split_labelers
 from pipeline.data.readers import list_units
 from pipeline.data.sample_corpus import write_corpus
@@ -123,7 +123,8 @@ def test_4m21_recipe_labels_every_implemented_image_labeler_on_gpus():
     assert sum(pool.num_gpus for pool in layout.pools.values()) <= 1.0  # one actor of each model fits on one GPU
 
 
-def test_tokenize_tasks_take_a_gpu_share_only_for_neural_tokenizers_on_a_gpu_cluster():
-    assert tokenize_gpus(("rgb", "caption"), {"CPU": 96.0, "GPU": 8.0}) == 0.25
-    assert tokenize_gpus(("caption", "metadata"), {"CPU": 96.0, "GPU": 8.0}) is None  # WordPiece: no network
-    assert tokenize_gpus(("rgb",), {"CPU": 2.0}) is None
+def test_tokenize_actors_take_a_gpu_share_only_for_neural_tokenizers_on_a_gpu_cluster():
+    assert tokenize_pool(("rgb", "caption"), {"CPU": 96.0, "GPU": 8.0}, 1000) == (32, 0.25)  # 4 per GPU
+    assert tokenize_pool(("caption", "metadata"), {"CPU": 96.0, "GPU": 8.0}, 1000) == (96, None)  # no network
+    assert tokenize_pool(("rgb",), {"CPU": 2.0}, 1000) == (2, None)
+    assert tokenize_pool(("rgb",), {"CPU": 96.0}, 3) == (3, None)  # never more actors than shards

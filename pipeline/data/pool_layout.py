@@ -32,7 +32,7 @@ from schemas.preprocess import LabelerConfig
 DECODE = "decode"
 CALIBRATION_SAMPLES = 16  # per model: enough to average out one batch's noise, ~0.1 s of a tiny model
 CPU_GRAIN = 1e-4  # Ray's resolution for fractional resources; shares are rounded down to it so that they fit
-# Tokenize tasks that share one GPU: a tokenizer is a few M parameters, and each task spends much of its time on the
+# Tokenize actors that share one GPU: a tokenizer is a few M parameters, and each task spends much of its time on the
 # CPU (reading the shard, decoding members), so a GPU to itself would mostly idle.
 TOKENIZE_TASKS_PER_GPU = 4
 
@@ -150,10 +150,15 @@ def layout_for_run(config, pooled: dict[str, LabelerConfig], read: Callable[[Bat
                         lambda models: calibrate(read, decode, unit, models, config.storage))
 
 
-def tokenize_gpus(modalities: tuple[str, ...], resources: dict[str, float]) -> float | None:
-    """Each tokenize task's GPU share: 1/TOKENIZE_TASKS_PER_GPU when the cluster has GPUs and a neural tokenizer
-    is in the run (its encoder then runs there, see tokenize.on_assigned_gpu); None (CPU only) otherwise."""
+def tokenize_pool(modalities: tuple[str, ...], resources: dict[str, float], shards: int) -> tuple[int, float | None]:
+    """(most actors, GPU share per actor) of a tokenize run's actor pool. With GPUs and a neural tokenizer in the
+    run, each actor asks for 1/TOKENIZE_TASKS_PER_GPU of a GPU (its encoder runs there, see
+    tokenize.on_assigned_gpu) and the pool grows to fill the GPUs; otherwise one CPU per actor, up to every CPU.
+    Never more actors than shards: each one pays a tokenizer load."""
     from schemas.modalities import TokenizerFamily, get_modality
 
     neural = any(get_modality(m).tokenizer is not TokenizerFamily.WORDPIECE for m in modalities)
-    return 1 / TOKENIZE_TASKS_PER_GPU if neural and resources.get("GPU", 0) > 0 else None
+    gpus = resources.get("GPU", 0)
+    if neural and gpus > 0:
+        return max(1, min(shards, int(gpus * TOKENIZE_TASKS_PER_GPU))), 1 / TOKENIZE_TASKS_PER_GPU
+    return max(1, min(shards, int(resources.get("CPU", 1)))), None

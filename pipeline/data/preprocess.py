@@ -27,7 +27,8 @@ from pipeline.data.labelers import get_labeler
 from pipeline.data.labelers.weights import required_weights
 from pipeline.data.manifest import read_manifest, write_manifest, write_quarantine
 from pipeline.data.output_checks import STATE_FILE, verify_shard_listing
-from pipeline.data.pool_layout import layout_for_run, tokenize_gpus
+from pipeline.data.pool_layout import layout_for_run
+from pipeline.data.progress import log_plan, log_unit, set_data_context
 from pipeline.data.raw import RAW_READERS
 from pipeline.data.raw_units import list_input_units, raw_reader
 from pipeline.data.readers import WorkUnit
@@ -176,22 +177,6 @@ def chain(*stages: Callable[[Batch], Batch]) -> Callable[[Batch], Batch]:
     return run
 
 
-def set_data_context(*, single_operator: bool) -> None:
-    """The Ray Data settings of a preprocess run (on the driver's current context, which every dataset built after
-    this copies).
-
-    Blocks are never split, so one block (= one batch with batch_size=None) stays one work unit end to end.
-    Resource reservation is off when the whole run is one operator (every stage fused into one task per unit, or
-    the tokenize run): it reserves a share of the cluster per operator so that no stage of a multi-stage pipeline
-    starves another, but with one operator it only held the run back: the second CPU's first task started about
-    a second after the first one's, and each CPU idled ~0.2 s between units while the budget caught up
-    (BENCHMARKS.md, "Preprocess throughput"). A run with actor pools keeps it, since there it does its job.
-    """
-    context = ray.data.DataContext.get_current()
-    context.target_max_block_size = None
-    context.op_resource_reservation_enabled = not single_operator
-
-
 def build_dataset(
     config: PreprocessConfig, plan: WritePlan, source: Storage, output: Storage, units: list[WorkUnit]
 ) -> ray.data.Dataset:
@@ -242,6 +227,9 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
     nodes: Counter = Counter()  # Ray node id -> units labelled there in this run
     for plan in runs:
         if plan.kind == "tokenize":
+            # Imported here: it imports the tokenizers and with them torch (~1.3 s), which a label run never needs.
+            from pipeline.data.tokenize import run_tokenize
+
             run_tokenize(config, plan, output, shards, log)
         elif source is None or units is None:
             if not set(range(shards)) <= plan.done(output):
@@ -282,14 +270,14 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
     """Do the units of one label run that have no record yet; return their indices and count them per node."""
     done_before = plan.done(output)
     pending = [u for u in units if u.index not in done_before]
-    _log_plan(log, plan, len(units), len(pending), source.root)
+    log_plan(log, plan, len(units), len(pending), source.root)
     if not pending:
         return set()
     done = set()
     for count, row in enumerate(build_dataset(config, plan, source, output, pending).iter_rows(), start=1):
         if row["refused"]:
             raise AlignmentError(row["refused"])
-        record = _log_unit(log, row, count, len(pending))
+        record = log_unit(log, row, count, len(pending))
         done.add(record.unit)
         nodes[row["node"]] += 1
     # A unit with no readable members produces no rows and so never reaches the writer: commit it empty here,
@@ -298,41 +286,6 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
         if unit.index not in done:
             commit_unit(output, unit.index, unit.label, None, plan)
     return {u.index for u in pending}
-
-
-def run_tokenize(config: PreprocessConfig, plan: WritePlan, output: Storage, shards: int,
-                 log: Callable[[str], None]) -> None:
-    """Tokenize every shard of the plan's label folders that has no record yet, one Ray task per shard."""
-    done_before = plan.done(output)
-    pending = [i for i in range(shards) if i not in done_before]
-    _log_plan(log, plan, shards, len(pending), output.root)
-    if not pending:
-        return
-    # Here, not at the top: it imports the tokenizers and with them torch (~1.3 s), which a label run never needs.
-    from pipeline.data.tokenize import tokenize_shard
-
-    made_by = {r["run"]: r.get("tokenizers", {}) for r in json.loads(output.read_bytes(STATE_FILE))["runs"]}
-    stage = partial(tokenize_shard, storage=output, plan=plan, tokenizers=config.tokenizer_uris(),
-                    storage_config=config.storage, expected_hashes=made_by.get(plan.run, {}))
-    set_data_context(single_operator=True)
-    ds = ray.data.from_items([{"unit": i} for i in pending], override_num_blocks=len(pending))
-    # A neural tokenizer encodes on a share of a GPU when the cluster has GPUs (pipeline/data/pool_layout.py).
-    gpus = tokenize_gpus(plan.modalities, ray.cluster_resources())
-    for count, row in enumerate(ds.map_batches(stage, batch_size=1, num_gpus=gpus).iter_rows(), start=1):
-        _log_unit(log, row, count, len(pending))
-
-
-def _log_plan(log: Callable[[str], None], plan: WritePlan, total: int, pending: int, root: str) -> None:
-    log(f"preprocess [{plan.run}: {', '.join(plan.folders)}]: {total} units from {root}; "
-        f"{total - pending} already done, {pending} to do")
-
-
-def _log_unit(log: Callable[[str], None], row: dict, count: int, total: int) -> UnitRecord:
-    record = UnitRecord.from_json(row["record"])
-    node = f" on node {row['node'][:8]}" if "node" in row else ""
-    log(f"  unit {record.unit:>6} done ({count}/{total}){node}: {record.samples_written} written, "
-        f"{len(record.quarantine)} quarantined")
-    return record
 
 
 def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], shards: int,
