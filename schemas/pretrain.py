@@ -113,6 +113,13 @@ class PretrainConfig(ConfigModel):
         return self
 
     @pydantic.model_validator(mode="after")
+    def _masking_fits(self) -> "PretrainConfig":
+        # At launch, not when the workers build their maskers: a preset or override naming a modality the run does
+        # not train (the 4m21 preset on a run without rgb) would otherwise fail only on the cluster.
+        self.masking.check_modalities(tuple(get_modality(name).name for name in self.modalities))
+        return self
+
+    @pydantic.model_validator(mode="after")
     def _vocab_sizes_fit(self) -> "PretrainConfig":
         for name, size in self.vocab_sizes.items():
             try:

@@ -2,6 +2,9 @@
 
 Per sample (a dict modality -> 1-D token row; a modality the sample lacks is simply absent):
 
+0. With a mixture of strategies (4M-21; pipeline/data/masking_strategies.py) one is drawn for the sample first; its
+   concentrations replace the plain ones below, and a concentration of 0 keeps a modality off that side. A sequence
+   that may only be an input then goes in whole, one that may only be a target is masked as one span.
 1. Sequence (autoregressive) modalities are span-masked first, T5-style: a fraction of the tokens (uniform in
    `span_mask_ratio`) is cut into spans; the *input run* keeps the other tokens and puts one sentinel where each span
    was, the *target run* is `S_0 span_0... S_1 span_1... EOS`. A sequence's stored row ends with EOS, which is
@@ -12,7 +15,7 @@ Per sample (a dict modality -> 1-D token row; a modality the sample lacks is sim
    the sample has that many slots to give; otherwise it gives everything and the rest is padding. What a modality
    can give: grid and other parallel modalities, their tokens (inputs first, then targets from the tokens left:
    input and target never share a token); sequences, the length of their input and target runs (disjoint by
-   construction). A run longer than its share is cut at the end.
+   construction); nothing on a side the strategy keeps it off. A run longer than its share is cut at the end.
 3. Parallel modalities pick their input and target positions uniformly at random (slots sorted by position).
    Sequences take a prefix of each run; `dec_input` is the target run shifted right behind SOS, so slot j is fed
    the token of slot j-1 (SOS for the first), the usual teacher forcing: we start from SOS rather than the first
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.masking_strategies import StrategyMixture, StrategyPlan
 from pipeline.tokenizers.text import EOS, NUM_SENTINELS, PAD, SOS, sentinel_token, special_tokens
 from schemas.batch import BATCH_FIELDS, BOOL_FIELDS, PRESENT, ModalityTable, ModalitySpec
 from schemas.loading import MaskingConfig
@@ -155,19 +159,18 @@ class _Present:
 
 
 class Masker:
-    """Applies `MaskingConfig` for one run's `ModalityTable`; call `fill` per sample or `batch` per list."""
+    """Applies `MaskingConfig` for one run's `ModalityTable`; call `fill` per sample or `batch` per list.
+    `strategy_names[i]` names the strategy that `fill` returns i for (the plain Dirichlet last)."""
 
     def __init__(self, table: ModalityTable, config: MaskingConfig):
         for spec in table.specs:
             if spec.autoregressive and get_modality(spec.name).tokenizer is not TokenizerFamily.WORDPIECE:
                 raise ValueError(f"{spec.name}: span masking uses the shared WordPiece sentinels, but the modality is "
                                  f"tokenized by {get_modality(spec.name).tokenizer.value}")
-        unknown = set(config.alpha_overrides) - set(table.names)
-        if unknown:
-            raise ValueError(f"alpha_overrides name modalities outside the run's table: {sorted(unknown)}")
         self.table = table
         self.config = config
-        self._alpha = np.array([config.alpha_of(name) for name in table.names])
+        self.strategies = StrategyMixture(table, config)
+        self.strategy_names = self.strategies.names
         self._indices = {name: i for i, name in enumerate(table.names)}
 
     def _index_of(self, name: str) -> int:
@@ -175,26 +178,37 @@ class Masker:
 
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Mask and pack samples into one batch of fixed-shape arrays, with the modalities each sample has."""
+        return self.batch_with_strategies(samples, rng)[0]
+
+    def batch_with_strategies(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator
+                              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`batch`, and the strategy each sample was masked with (indices into `strategy_names`)."""
         batch = empty_batch(len(samples), self.config.input_tokens, self.config.target_tokens)
         batch[PRESENT] = np.zeros((len(samples), len(self.table)), dtype=bool)
-        for row, sample in enumerate(samples):
-            self.fill(batch, row, sample, rng)
-        return batch
+        strategies = np.array([self.fill(batch, row, sample, rng) for row, sample in enumerate(samples)], np.int64)
+        return batch, strategies
 
     def fill(self, batch: dict[str, np.ndarray], row: int, sample: Mapping[str, np.ndarray],
-             rng: np.random.Generator) -> None:
-        """Mask one sample and write its slots into row `row` of `batch` (which must be all padding there). The
-        budgets are split over the modalities the sample has tokens of; a modality it lacks gets no slot."""
-        present = self._prepare(sample, rng)
+             rng: np.random.Generator) -> int:
+        """Mask one sample and write its slots into row `row` of `batch` (which must be all padding there); returns
+        the index of the strategy used. The budgets are split over the modalities the sample has tokens of (those
+        the strategy allows on each side); a modality it lacks gets no slot."""
+        rows = self._rows(sample)
+        drawn = self.strategies.draw([index for index, _ in rows], rng)
+        plan = self.strategies.plans[drawn]
+        if rows and PRESENT in batch:
+            batch[PRESENT][row, [index for index, _ in rows]] = True
+        present = self._split(rows, plan, rng)
         if not present:
-            return
-        if PRESENT in batch:
-            batch[PRESENT][row, [p.index for p in present]] = True
-        alpha = self._alpha[[p.index for p in present]]
-        inputs = split_budget(self.config.input_tokens, _dirichlet(alpha, rng), self._input_caps(present))
+            return drawn
+        index = [p.index for p in present]
+        input_alpha, target_alpha = plan.input_alpha[index], plan.target_alpha[index]
+        input_caps = np.where(input_alpha > 0, self._input_caps(present, target_alpha > 0), 0)
+        inputs = split_budget(self.config.input_tokens, _weights(input_alpha, rng), input_caps)
         target_caps = [len(p.target_run) if p.target_run is not None else len(p.tokens) - used
                        for p, used in zip(present, inputs)]
-        targets = split_budget(self.config.target_tokens, _dirichlet(alpha, rng), target_caps)
+        target_caps = np.where(target_alpha > 0, target_caps, 0)
+        targets = split_budget(self.config.target_tokens, _weights(target_alpha, rng), target_caps)
         enc = {"tokens": [], "position": []}
         dec = {"input": [], "target": [], "position": []}
         for item, n_in, n_tgt in zip(present, inputs, targets):
@@ -212,7 +226,6 @@ class Masker:
             enc["position"].append(enc_pos)
             dec["position"].append(dec_pos)
         n_enc, n_dec = sum(inputs), sum(targets)
-        index = [p.index for p in present]
         for name, pieces in enc.items():
             batch[f"enc_{name}"][row, :n_enc] = np.concatenate(pieces)
         for name, pieces in dec.items():
@@ -222,25 +235,27 @@ class Masker:
         batch["dec_causal"][row, :n_dec] = np.repeat([p.target_run is not None for p in present], targets)
         batch["enc_pad"][row, :n_enc] = False
         batch["dec_pad"][row, :n_dec] = False
+        return drawn
 
-    def _input_caps(self, present: list[_Present]) -> list[int]:
+    def _input_caps(self, present: list[_Present], can_target: np.ndarray) -> list[int]:
         """How many tokens of each modality the encoder may take. For a sample smaller than both budgets together
-        (a 19-token series, a 14-column table row) a parallel modality keeps back its share of the target budget:
-        otherwise the input budget would hand all of it to the encoder and leave the decoder nothing to predict,
-        and such modalities would never be trained on. Sequences are split into their two runs already."""
+        (a 19-token series, a 14-column table row) a parallel modality that can be a target keeps back its share of
+        the target budget: otherwise the input budget would hand all of it to the encoder and leave the decoder
+        nothing to predict, and such modalities would never be trained on. Sequences are split into their two runs
+        already."""
         budget_in, budget_out = self.config.input_tokens, self.config.target_tokens
         caps = [len(p.tokens) for p in present]
         available = sum(n + (len(p.target_run) if p.target_run is not None else 0) for p, n in zip(present, caps))
         if available >= budget_in + budget_out:
             return caps
-        return [n - n * budget_out // (budget_in + budget_out) if p.target_run is None else n
-                for p, n in zip(present, caps)]
+        return [n - n * budget_out // (budget_in + budget_out) if p.target_run is None and target else n
+                for p, n, target in zip(present, caps, can_target)]
 
-    def _prepare(self, sample: Mapping[str, np.ndarray], rng: np.random.Generator) -> list[_Present]:
-        """The sample's non-empty modalities in table order; sequences span-masked into their two runs."""
-        by_index = sorted((self._index_of(name), row) for name, row in sample.items())
-        present = []
-        for index, row in by_index:
+    def _rows(self, sample: Mapping[str, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        """The sample's non-empty modalities in table order, as (table index, row); a sequence's row without its
+        EOS. Checks the rows against the table; draws nothing."""
+        rows = []
+        for index, row in sorted((self._index_of(name), row) for name, row in sample.items()):
             spec = self.table.specs[index]
             row = np.asarray(row, dtype=np.int64).reshape(-1)
             if len(row) and not 0 <= row.min() <= row.max() < spec.vocab_size:
@@ -249,21 +264,44 @@ class Masker:
             if spec.grid is not None and len(row) not in (0, spec.max_tokens):
                 raise ValueError(f"{spec.name}: a row of {len(row)} tokens, the run's table says {spec.max_tokens} "
                                  f"(a {spec.grid[0]}x{spec.grid[1]} grid)")
+            if not spec.autoregressive and len(row) > spec.max_tokens:
+                raise ValueError(f"{spec.name}: a row of {len(row)} tokens, the run's table allows {spec.max_tokens}")
+            if spec.autoregressive and len(row) and row[-1] == EOS_ID:
+                row = row[:-1]
+            if len(row):
+                rows.append((index, row))
+        return rows
+
+    def _split(self, rows: list[tuple[int, np.ndarray]], plan: StrategyPlan, rng: np.random.Generator
+               ) -> list[_Present]:
+        """The rows `plan` lets take part, ready to be split; sequences span-masked into their two runs (whole
+        into the input when they cannot be a target, one span when they cannot be an input)."""
+        present = []
+        for index, row in rows:
+            spec = self.table.specs[index]
+            as_input, as_target = plan.input_alpha[index] > 0, plan.target_alpha[index] > 0
+            if not (as_input or as_target):
+                continue
             if not spec.autoregressive:
-                if len(row) > spec.max_tokens:
-                    raise ValueError(f"{spec.name}: a row of {len(row)} tokens, the run's table allows "
-                                     f"{spec.max_tokens}")
-                if len(row):
-                    present.append(_Present(index, spec, row, None))
+                present.append(_Present(index, spec, row, None))
                 continue
-            content = row[:-1] if len(row) and row[-1] == EOS_ID else row
-            if not len(content):
-                continue
-            ratio = rng.uniform(*self.config.span_mask_ratio)
-            input_run, target_run = span_mask(content, ratio, self.config.span_mean_length, rng)
+            if as_input and as_target:
+                ratio = rng.uniform(*self.config.span_mask_ratio)
+            else:
+                ratio = 0.0 if as_input else 1.0
+            input_run, target_run = span_mask(row, ratio, self.config.span_mean_length, rng)
             # Positions index the runs; the model has max_tokens of them per modality.
             present.append(_Present(index, spec, input_run[:spec.max_tokens], target_run[:spec.max_tokens]))
         return present
+
+
+def _weights(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dirichlet weights over the modalities with a positive concentration, 0 for the others."""
+    live = alpha > 0
+    weights = np.zeros(len(alpha))
+    if live.any():
+        weights[live] = _dirichlet(alpha[live], rng)
+    return weights
 
 
 def _dirichlet(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
