@@ -1,8 +1,9 @@
 """A multi-node Ray cluster on one machine: a head and N worker nodes, each its own `ray start --block`.
 
 Every node runs in a session of its own, so one node can be killed to simulate a node failure, and `down` stops
-exactly this cluster's processes, never another Ray instance on the machine. The address, pids and temp dir are
-kept in `<state dir>/state.json`, so `down` and `status` also work from another process:
+exactly this cluster's processes, never another Ray instance on the machine (`cluster/local_nodes.py` launches one
+node). The address, pids and temp dir are kept in `<state dir>/state.json`, so `down` and `status` also work from
+another process:
 
     python -m cluster.local up --nodes 2 [--cpus-per-node 1] [--object-store-mb 200] [--state-dir DIR]
                                [--listen-all-interfaces]
@@ -15,29 +16,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from cluster.command import run_command
 from cluster.connect import AUTH_MODE_ENV, TOKEN_PATH_ENV, require_token_auth
+from cluster.local_nodes import check_running, node_env, spawn_node
 from cluster.loopback import ENABLE_CLUSTER_ENV, LOOPBACK, free_ports
-from cluster.processes import CAN_DIE_WITH_PARENT, NodeProcess, die_with_parent, stop_processes
+from cluster.processes import NodeProcess, stop_processes
 
 DEFAULT_STATE_DIR = Path(".tessera/cluster")
 HEAD = "head"
-MIB = 1024 * 1024
 MIN_OBJECT_STORE_MB = 75  # ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES
-GCS_WAIT_S = 180
 # A node's unix sockets live at <temp root>/<node>/session_<date>_<pid>/sockets/plasma_store: about 75 bytes
 # past the root, and a socket path must fit in 107. Hence a root in /tmp, not under the state dir.
 MAX_TEMP_ROOT_CHARS = 32
+RAY_STARTUP_TIMEOUT = "The current node timed out during startup"  # `ray start`'s own error (ray/_private/node.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +97,19 @@ class LocalCluster:
             raise RuntimeError(f"temp dir {self.temp_root} is too long for Ray's unix sockets; set TMPDIR=/tmp")
         try:
             self._start_head(timeout_s)
-            for _ in range(self.spec.workers):
-                self._spawn_worker()
-            self.wait_for_nodes(timeout_s)
+            self._start_workers(self.spec.workers, timeout_s)
         except BaseException:
             self.down(grace_s=0)
             raise
         return self
 
     def add_worker(self, timeout_s: float = 60.0) -> str:
-        """Start one more worker node (say, to replace a killed one) and return its name once it is alive."""
-        name = self._spawn_worker()
-        self.wait_for_nodes(timeout_s)
-        return name
+        """Start one more worker node (say, to replace a killed one) and return its name once it is alive.
+
+        Unless detached, a node dies with the *thread* that started it (Linux's parent-death signal follows the
+        forking thread): call this from a thread that lives as long as the node should, not a short-lived helper.
+        """
+        return self._start_workers(1, timeout_s)[0]
 
     def kill_node(self, name: str) -> None:
         """SIGKILL a worker node's processes, as if its machine died; Ray notices through missed health checks."""
@@ -174,7 +171,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             for name in expected:
-                self._check_running(self.nodes[name])
+                check_running(self.nodes[name])
             try:
                 states = self.node_states()
             except RpcError:  # the GCS answers late on a loaded machine; the deadline, not one RPC, decides
@@ -231,7 +228,9 @@ class LocalCluster:
                 f"--dashboard-port={dashboard_port}",
                 "--system-config=" + json.dumps({"health_check_period_ms": self.spec.health_check_period_ms}),
             ]
-            head = self._spawn(HEAD, args)
+            # The head's address before the head writes it: the GCS port is ours, and its host is the loopback
+            # unless the nodes listen on every interface (then Ray resolves it to the outward address).
+            head = self._spawn(HEAD, args, f"{LOOPBACK}:{gcs_port}")
             try:
                 self._wait_for_head(head, timeout_s)
                 break
@@ -249,75 +248,52 @@ class LocalCluster:
         address_file = Path(head.temp_dir) / "ray_current_cluster"
         deadline = time.monotonic() + timeout_s
         while not address_file.exists():
-            self._check_running(head)
+            check_running(head)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"head not up after {timeout_s:.0f} s; see {head.log_path}")
             time.sleep(0.1)
         self.address = address_file.read_text().strip()
 
+    def _start_workers(self, count: int, timeout_s: float, attempts: int = 3) -> list[str]:
+        """Start `count` worker nodes and wait until every node is alive. A node whose `ray start` gave up on its
+        own raylet's registration (Ray allows it 30 s, `ray/_private/node.py`; a GCS slowed by a loaded machine has
+        taken longer) is retired and replaced by a fresh one, up to `attempts` times."""
+        names = [self._spawn_worker() for _ in range(count)]
+        retries = attempts - 1
+        while True:
+            try:
+                self.wait_for_nodes(timeout_s)
+                return names
+            except RuntimeError:
+                timed_out = [name for name in names if self._startup_timed_out(self.nodes[name])]
+                if not timed_out or retries == 0:
+                    raise
+                retries -= 1
+                for name in timed_out:
+                    print(f"node {name} timed out during startup; starting another in its place", file=sys.stderr)
+                    self.kill_node(name)  # whatever of it still runs; marked killed, so no longer expected
+                    names[names.index(name)] = self._spawn_worker()
+
+    @staticmethod
+    def _startup_timed_out(node: NodeProcess) -> bool:
+        return node.leader() is None and RAY_STARTUP_TIMEOUT in Path(node.log_path).read_text(errors="replace")
+
     def _spawn_worker(self) -> str:
         index = 1 + sum(1 for name in self.nodes if name != HEAD)
         name = f"worker-{index}"
-        self._spawn(name, [f"--address={self.address}", f"--num-cpus={self.spec.cpus_per_node}"])
+        assert self.address is not None
+        self._spawn(name, [f"--address={self.address}", f"--num-cpus={self.spec.cpus_per_node}"], self.address)
         return name
 
-    def _spawn(self, name: str, role_args: list[str]) -> NodeProcess:
+    def _spawn(self, name: str, role_args: list[str], gcs_address: str) -> NodeProcess:
         assert self.temp_root is not None
         temp_dir = self.temp_root / name  # one per node: concurrent starts in one dir race for socket names
-        log_path = self.state_dir / f"{name}.log"
-        command = [
-            sys.executable, "-m", "cluster.loopback", "start", "--block",  # Ray's `ray start`, loopback kept
-            *([] if self.spec.listen_all_interfaces else [f"--node-ip-address={LOOPBACK}"]),
-            f"--node-name={name}",
-            f"--temp-dir={temp_dir}",
-            f"--object-store-memory={self.spec.object_store_mb * MIB}",
-            "--disable-usage-stats",
-            # Random ports, so that nodes sharing one machine never collide.
-            "--min-worker-port=0", "--max-worker-port=0", "--dashboard-agent-listen-port=0",
-            *role_args,
-        ]  # fmt: skip
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command,
-                env=self._node_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: killable alone, deaf to our terminal's signals
-                preexec_fn=None if self.detach or not CAN_DIE_WITH_PARENT else die_with_parent,
-            )
-        node = NodeProcess(name, popen.pid, psutil.Process(popen.pid).create_time(), str(temp_dir), str(log_path))
+        env = node_env(self.spec, gcs_address, self.token_path)
+        node = spawn_node(name, role_args, self.spec, temp_dir, self.state_dir / f"{name}.log", env,
+                          detach=self.detach)
         self.nodes[name] = node
         self.save()
         return node
-
-    def _node_env(self) -> dict[str, str]:
-        # The caller's environment (Ray reads its config from there) with token auth on and the token file
-        # pinned, so every node and every worker process it spawns checks the same token.
-        env = dict(os.environ)
-        env.pop("RAY_ADDRESS", None)  # a node joins the address it is given, and so do its tasks' ray.init()
-        env[AUTH_MODE_ENV] = "token"
-        # On SIGTERM, `ray start` first drains its node for up to 30 s (for Serve on Kubernetes), and waits out
-        # that whole time when the head is gone too, as when the process that started the cluster dies.
-        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
-        # A node's `ray start` gives up on the GCS after ~20 s of failed connects; on a loaded machine the GCS has
-        # taken longer to come up. Our own timeouts (`start`, `wait_for_nodes`) decide instead.
-        env["RAY_gcs_server_port_wait_time_s"] = str(GCS_WAIT_S)
-        # "0": the node's processes that join by the GCS address keep "127.0.0.1" (Ray's Linux default swaps it for
-        # the outward address, where a loopback node does not listen): the dashboard agent running a Jobs API
-        # submission (which hung there) and a job's `ray.init("auto")`. See cluster/loopback.py.
-        env[ENABLE_CLUSTER_ENV] = "1" if self.spec.listen_all_interfaces else "0"
-        if self.token_path is not None:
-            env[TOKEN_PATH_ENV] = self.token_path
-        # Jobs submitted to this cluster run `python ...`: make that the interpreter the nodes run on (the venv's,
-        # even when it was never activated), as `python` on a real cluster node is the one Ray was installed into.
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        return env
-
-    def _check_running(self, node: NodeProcess) -> None:
-        if node.leader() is None:
-            tail = Path(node.log_path).read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"node {node.name} exited; end of {node.log_path}:\n{tail}")
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ small RGB tokenizer on its images (Ray Train), tokenize every modality, read eve
 webdataset library, check it, print a summary (plus preview PNGs). Then the Meta-Transformer modalities: one small
 corpus each of audio, time series, IMU, tables and graphs, labelled, their tokenizers trained or fitted, tokenized
 (jobs/demo_mixture.py). Pretrain a tiny model on the mixture of all six datasets, print each modality's loss at
-the start and the end, plot, export and evaluate it on the tasks its modalities allow; last, a reduced scaling-law
+the start and the end, plot, export and evaluate it on the tasks its modalities allow, generate images and
+palettes from held-out captions (a contact sheet); last, a reduced scaling-law
 study (configs/study/demo.yaml: nine micro runs scheduled by Ray Tune) and its fitted exponents.
 """
 
@@ -19,6 +20,7 @@ from cluster.connect import connect
 from jobs.cli import REPO_ROOT, run_job
 from jobs.demo_mixture import mixture_data, modality_losses, prepare_raw_datasets
 from jobs.evaluate import main as evaluate_main
+from jobs.generate import main as generate_main
 from jobs.preprocess import summary as preprocess_summary
 from jobs.study import exponents_text, plan_text
 from pipeline.data.inspect import verify_output
@@ -61,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     started = time.perf_counter()
 
-    step("1/8 sample corpus")
+    step("1/9 sample corpus")
     corpus = SampleCorpusConfig(out=f"{out}/corpus", samples=args.samples, seed=0, image_size=128,
                                 samples_per_shard=64, workers=1)
     description = write_corpus(corpus)
     print(f"{args.samples} samples ({description['counts']}) in {len(description['shards'])} tars at {corpus.out}")
 
-    step("2/8 preprocess on Ray: label")
+    step("2/9 preprocess on Ray: label")
     ray_info = connect(args.address)
     print(f"Ray ({ray_info['mode']}) at {ray_info['address']}: {ray_info['nodes']} node(s), "
           f"{ray_info['resources'].get('CPU', 0):.0f} CPU, {ray_info['resources'].get('GPU', 0):.0f} GPU")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(preprocess_summary(run_preprocess(config)))
 
-    step("3/8 tokenizers: WordPiece for text-like modalities, an FSQ tokenizer for RGB (Ray Train, 2 workers)")
+    step("3/9 tokenizers: WordPiece for text-like modalities, an FSQ tokenizer for RGB (Ray Train, 2 workers)")
     storage = Storage(config.output, config.storage)
     tokenizer_dir = run_train_wordpiece(TrainTokenizerConfig(
         modality="caption", input=config.output, output=f"{out}/tokenizers/wordpiece",
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {folder:<18} {stats['tokens']:>7} tokens, {stats['mean_per_sample']:>6} per sample, "
               f"longest {stats['longest']}")
 
-    step("4/8 read the shards back")
+    step("4/9 read the shards back")
     checked = verify_output(storage)
     print(f"{checked.samples} samples in {checked.shards} shards; every folder holds the same keys in the same order")
     print(f"{'folder':<20}{'shards':>8}{'samples':>10}{'MB':>8}")
@@ -107,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preview of the first samples: {storage.uri('preview.png')}; RGB through its tokens: "
           f"{rgb.output}/reconstructions.png")
 
-    step("5/8 Meta-Transformer modalities: a corpus each, labelled, tokenizers trained or fitted, tokenized")
+    step("5/9 Meta-Transformer modalities: a corpus each, labelled, tokenizers trained or fitted, tokenized")
     raw_entries, raw_tokenizers = prepare_raw_datasets(out, str(tokenizer_dir), args.tokenizer_steps)
 
-    step("6/8 pretrain a tiny any-to-any model on the mixture of all six datasets (Ray Train + DeepSpeed ZeRO-2)")
+    step("6/9 pretrain a tiny any-to-any model on the mixture of all six datasets (Ray Train + DeepSpeed ZeRO-2)")
     modalities = ["rgb", *text_modalities, *raw_tokenizers]
     pretrain = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/tiny.yaml", [
         f"data={mixture_data(config.output, raw_entries)}", f"storage_path={out}/runs", f"steps={args.steps}",
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     export_checkpoint(summary["checkpoint"], exported)
     print(f"checkpoint {summary['checkpoint']}\nexported to {exported}")
 
-    step("7/8 evaluate the tiny model: one Ray task per task, each on the dataset that holds its modalities")
+    step("7/9 evaluate the tiny model: one Ray task per task, each on the dataset that holds its modalities")
     # `all`: every task the demo's modalities allow; depth and semseg decoding are listed as skipped (no such folders).
     datasets = {"image_text": config.output, **{e["name"]: e["path"] for e in raw_entries}}
     tokenizers = {"rgb": rgb.output, **raw_tokenizers}
@@ -133,7 +135,15 @@ def main(argv: list[str] | None = None) -> int:
                             "--set", "data={" + ", ".join(f"{k}: {v}" for k, v in datasets.items()) + "}",
                             "--set", "tokenizers={" + ", ".join(f"{k}: {v}" for k, v in tokenizers.items()) + "}"])
 
-    step("8/8 a reduced scaling-law study: 3 sizes x 3 token budgets, one pretrain per Ray Tune trial, then the fit")
+    step("8/9 generate from held-out samples: caption -> rgb, color_palette (MaskGIT, then token by token)")
+    # Samples of pretraining's validation holdout (5% by key hash), which the model never trained on.
+    generate_main(["--checkpoint", exported, "--input", config.output, "--from", "caption",
+                   "--to", "rgb,color_palette", "--samples", "4", "--out", f"{out}/generate",
+                   "--set", "holdout_fraction=0.05", "--set", f"tokenizers.rgb={rgb.output}",
+                   "--set", f"tokenizers.caption={tokenizer_dir}",
+                   "--set", f"tokenizers.color_palette={tokenizer_dir}"])
+
+    step("9/9 a reduced scaling-law study: 3 sizes x 3 token budgets, one pretrain per Ray Tune trial, then the fit")
     spec = load_config(StudySpec, REPO_ROOT / "configs/study/demo.yaml", [f"data={config.output}"])
     print(plan_text(spec, plan_study(spec), concurrency(spec, ray_info["resources"])))
     study = study_storage(spec, f"{out}/studies")

@@ -6,6 +6,7 @@ from pathlib import PurePath
 
 from schemas.config import ConfigModel
 from schemas.evaluate import EvaluateConfig
+from schemas.generate import GenerateConfig
 from schemas.pretrain import PretrainConfig
 from schemas.preprocess import PreprocessConfig
 from schemas.study import StudySpec
@@ -16,6 +17,7 @@ JOB_CONFIGS: dict[str, type[ConfigModel]] = {
     "preprocess": PreprocessConfig,
     "submit": SubmitConfig,
     "evaluate": EvaluateConfig,
+    "generate": GenerateConfig,
     "pretrain": PretrainConfig,
     "train_tokenizer": TrainTokenizerConfig,
     "study": StudySpec,

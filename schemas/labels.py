@@ -9,7 +9,8 @@ every palette size "1" ... "7" to that many [r, g, b] colours of 0-255 integers,
 
 `det` is {"instances": [{"boxes": [xmin, ymin, xmax, ymax] as fractions of the image side, "class_name": str,
 "score": float}, ...]}; ml-4m keeps instances scoring at least 0.6 and orders them by their corner's distance to the
-image origin. Tessera has no detector yet: it reads this form (`read_detections`) as well as its own pixel boxes.
+image origin. Tessera's det labeler writes this form (`detection_record`, highest score first); the serializer reads it
+(`read_detections`) as well as Tessera's own pixel boxes.
 
 `human_poses` (HMR2.0 output: bbox_xyxy, pred_smpl_params, pose_tokenized, pred_cam) is neither written nor read.
 
@@ -86,10 +87,27 @@ ML4M_DET_THRESHOLD = 0.6  # ml-4m's DetectionTransform default: lower-scoring in
 class Detection(NamedTuple):
     box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax as fractions of the image width / height
     name: str
+    score: float = 1.0
 
 
-def read_detections(record: dict[str, Any]) -> list[Detection]:
-    """ml-4m's `det` record -> the detections its transform keeps, in the order it writes them."""
-    kept = [Detection(tuple(float(v) for v in inst["boxes"]), str(inst["class_name"]))  # type: ignore[arg-type]
-            for inst in record["instances"] if float(inst["score"]) >= ML4M_DET_THRESHOLD]
+def detection_record(detections: Sequence[Detection]) -> dict[str, Any]:
+    """The `det` member: ml-4m's record of `detections`, highest score first (ties keep their order)."""
+    instances = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        x0, y0, x1, y1 = (float(v) for v in d.box)
+        if not (0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0):
+            raise ValueError(f"det box {list(d.box)} is not xmin <= xmax, ymin <= ymax within [0, 1]")
+        if not 0.0 <= d.score <= 1.0 or not " ".join(d.name.split()):
+            raise ValueError(f"det instance needs a score in [0, 1] and a class name, got {d.score!r}, {d.name!r}")
+        instances.append({"boxes": [x0, y0, x1, y1], "class_name": " ".join(d.name.split()),
+                          "score": float(d.score)})
+    return {"instances": instances}
+
+
+def read_detections(record: dict[str, Any], threshold: float = ML4M_DET_THRESHOLD) -> list[Detection]:
+    """ml-4m's `det` record -> the detections its transform keeps (score >= threshold), in the order it writes
+    them: by the distance of (xmin, ymin) to the image origin."""
+    kept = [Detection(tuple(float(v) for v in inst["boxes"]), str(inst["class_name"]),  # type: ignore[arg-type]
+                      float(inst["score"]))
+            for inst in record["instances"] if float(inst["score"]) >= threshold]
     return sorted(kept, key=lambda d: d.box[0] ** 2 + d.box[1] ** 2)

@@ -59,6 +59,7 @@ class Values(str, enum.Enum):
     FEATURES = "features"  # float (h, w, C) per-patch features of a frozen network
     VECTOR = "vector"  # float (C,) one embedding per sample
     SIGNAL = "signal"  # float (T, C) frames of a 1-D signal: log-mel frames, series values, IMU channels
+    INSTANCE_MASKS = "instance_masks"  # (N, S, S) overlapping instance masks, bit-packed (schemas/instances.py)
 
 
 class Source(str, enum.Enum):
@@ -161,10 +162,14 @@ register(Modality("rgb", _F.IMAGE_LIKE, _T.IMAGE_VQ, 16_384, "jpg", _BOTH, "RGB 
                   implemented=True, aliases=("image",), values=Values.COLOR))
 register(Modality("caption", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "txt", _BOTH, "caption / free text",
                   max_tokens=256, implemented=True, aliases=("text",)))
-register(Modality("t5_caption", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M,
-                  "T5-XXL embeddings of the caption", max_tokens=256))
+# 4M-21 feeds T5-XXL's states as input-only continuous features; Tessera's model reads tokens only, so the (L, C)
+# states (L caption tokens, zero-padded) are tokenized as a 1-D signal (frames = T5 tokens) and can be targets too.
+register(Modality("t5_caption", _F.SIGNAL, _T.SIGNAL_PATCH, 8_192, "npy", _4M,
+                  "T5 encoder states of the caption as (L, C) frames of a 1-D signal", max_tokens=256,
+                  implemented=True, values=Values.SIGNAL))
 register(Modality("det", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
-                  "bounding boxes as `xmin ymin xmax ymax class` runs with 1000 coordinate bins", max_tokens=256))
+                  "bounding boxes as `xmin ymin xmax ymax class` runs with 1000 coordinate bins", max_tokens=256,
+                  implemented=True))
 register(Modality("semseg", _F.IMAGE_LIKE, _T.IMAGE_VQ, 4_096, "png", _4M, "COCO semantic segmentation",
                   num_tokens=196, implemented=True, categorical=True, values=Values.CLASSES))
 register(Modality("depth", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "npy", _4M, "monocular depth", num_tokens=196,
@@ -174,11 +179,13 @@ register(Modality("normal", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "surf
 register(Modality("canny_edge", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "Canny edges", num_tokens=196,
                   implemented=True, values=Values.BINARY))
 register(Modality("sam_edge", _F.IMAGE_LIKE, _T.IMAGE_VQ, 8_192, "png", _4M, "edges of SAM instances",
-                  num_tokens=196))
+                  num_tokens=196, implemented=True, values=Values.BINARY))
 register(Modality("sam_instance", _F.INSTANCES, _T.MASK_VQ, 1_024, "npy", _4M,
-                  "SAM instance masks, 64 tokens per instance", max_tokens=290))
+                  "SAM instance masks, 4 box + 64 mask tokens per instance", max_tokens=290, implemented=True,
+                  values=Values.INSTANCE_MASKS))
 register(Modality("human_poses", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
-                  "3-D human poses (HMR2.0) as binned values", max_tokens=275))
+                  "2-D COCO-17 keypoints (ViTPose) per person, binned; 4M-21 has HMR2.0 SMPL parameters",
+                  max_tokens=275, implemented=True))
 register(Modality("color_palette", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
                   "dominant colour palette", max_tokens=23, implemented=True))
 register(Modality("metadata", _F.SEQUENCE, _T.WORDPIECE, SHARED_TEXT_VOCAB, "json", _4M,
@@ -190,10 +197,14 @@ register(Modality("dinov2_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy",
                   num_tokens=256, implemented=True, values=Values.FEATURES))
 register(Modality("dinov2_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _4M,
                   "DINOv2-B/14 global embedding", num_tokens=16, implemented=True, values=Values.VECTOR))
+# ImageBind stays unimplemented: transformers has no ImageBind architecture and its weights ship only as a pickled
+# torch checkpoint, which Tessera never unpickles (torch.load is weights_only, labelers read safetensors only).
 register(Modality("imagebind_feature", _F.FEATURE_MAP, _T.FEATURE_VQ, 8_192, "npy", _4M,
-                  "ImageBind-H/14 feature map", num_tokens=256))
+                  "ImageBind-H/14 feature map (not built: no transformers architecture, pickled weights only)",
+                  num_tokens=256))
 register(Modality("imagebind_global", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _4M,
-                  "ImageBind-H/14 global embedding", num_tokens=16))
+                  "ImageBind-H/14 global embedding (not built: no transformers architecture, pickled weights only)",
+                  num_tokens=16))
 # --- Tessera additions -----------------------------------------------------------------------------------------
 register(Modality("caption_embedding", _F.GLOBAL_EMBEDDING, _T.GLOBAL_MLP, 8_192, "npy", _TS,
                   "MiniLM sentence embedding of the caption", num_tokens=16, implemented=True,

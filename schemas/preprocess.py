@@ -51,6 +51,18 @@ class CaptionConfig(ConfigModel):
     required: bool = False
 
 
+class MaskGenerationConfig(ConfigModel):
+    """SAM's automatic mask generation (sam_instance, sam_edge); the defaults are SAM's own."""
+
+    points_per_side: int = Field(default=32, ge=1)  # a regular grid of point prompts, points_per_side ** 2
+    points_per_batch: int = Field(default=64, ge=1)  # prompts per mask-decoder pass
+    pred_iou_threshold: float = Field(default=0.88, ge=0, le=1)  # keep masks whose predicted IoU reaches this
+    stability_threshold: float = Field(default=0.95, ge=0, le=1)  # ... and whose stability score reaches this
+    stability_offset: float = Field(default=1.0, ge=0)  # logit offset the stability score thresholds at
+    nms_iou: float = Field(default=0.7, gt=0, le=1)  # a mask overlapping a better one by more is a duplicate
+    max_instances: int = Field(default=32, ge=1)  # largest masks kept per image
+
+
 class LabelerConfig(ConfigModel):
     """Resources of one pseudo-labeler. `concurrency` None runs a cheap CPU labeler inside the decode tasks, and
     gives a model-based one an actor pool laid out by the job (pipeline/data/pool_layout.py: on the GPUs when the
@@ -67,6 +79,15 @@ class LabelerConfig(ConfigModel):
     # quarantined (missing_ground_truth), never filled in by a model.
     source: Literal["model", "ground_truth"] = "model"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of model-based labelers; bf16 is the GPU choice
+    # det: detections scoring below are not written. 0.6 is ml-4m's reading threshold (schemas/labels.py), so by
+    # default what is written is what ml-4m keeps; lower it to keep weaker boxes for other readers.
+    score_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
+    mask_generation: MaskGenerationConfig = MaskGenerationConfig()  # sam_instance, sam_edge
+    # human_poses: weights of the det model that finds the people first (as labelers.det.weights would be);
+    # None: the det labeler's offline OpenCV detector.
+    detector_weights: str | None = None
+    # t5_caption: T5 tokens of the caption kept (shorter captions zero-padded); None: the labeler's default.
+    max_length: int | None = Field(default=None, ge=1)
 
 
 def _location(uri: str) -> tuple[str, str]:

@@ -17,6 +17,26 @@ TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inte
 TINY_FEATURE_DIM = 32
 TINY_CLIP_PROJECTION = 16
 TINY_SEMSEG_CLASSES = 5
+TINY_DET_CLASSES = ("person", "traffic light", "dog")  # a two-word name too, as COCO's id2label has
+TINY_DET_QUERIES = 5
+TINY_POSE_INPUT = (64, 48)  # (height, width): ViTPose's 256 x 192 aspect at toy size
+TINY_T5_WORDS = ("a photo of the red green blue circle square triangle person dog cat on with and in two one "
+                 "sitting standing walking small large image background").split()
+
+
+def tiny_t5_tokenizer():
+    """A T5 tokenizer of a small unigram (sentencepiece-style) vocabulary, trained here: T5's pieces, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    unigram.train_from_iterator([" ".join(TINY_T5_WORDS[i:] + TINY_T5_WORDS[:i]) for i in range(8)], trainer)
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                           special_tokens=[("</s>", unigram.token_to_id("</s>"))])
+    return T5TokenizerFast(tokenizer_object=unigram, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0)
 
 
 def tiny_dpt_config(input_size: int = TINY_INPUT):
@@ -53,6 +73,34 @@ def build_model(modality: str, input_size: int = TINY_INPUT):
                                     patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
                                     mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=TINY_SEMSEG_CLASSES)
         return tf.SegformerForSemanticSegmentation(config), tf.SegformerImageProcessorPil(size=size)
+    if modality == "human_poses":  # heatmaps of COCO's 17 keypoints at 1/2 of the input (patch 8, upscaled 4x)
+        backbone = tf.VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                            image_size=list(TINY_POSE_INPUT), patch_size=[8, 8], out_indices=[2])
+        processor = tf.VitPoseImageProcessorPil(size={"height": TINY_POSE_INPUT[0], "width": TINY_POSE_INPUT[1]})
+        return tf.VitPoseForPoseEstimation(tf.VitPoseConfig(backbone_config=backbone, num_labels=17)), processor
+    if modality == "t5_caption":  # the tokenizer stands in for the image processor: saved beside the weights
+        tokenizer = tiny_t5_tokenizer()
+        config = tf.T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                             feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+        return tf.T5EncoderModel(config), tokenizer
+    if modality in ("sam_instance", "sam_edge"):  # SAM ViT with windowed + global attention, at toy size
+        vision = tf.SamVisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                                    mlp_dim=37, image_size=input_size, patch_size=8, window_size=2,
+                                    global_attn_indexes=[1], num_pos_feats=16)
+        prompt = tf.SamPromptEncoderConfig(hidden_size=32, image_size=input_size, patch_size=8, mask_input_channels=4)
+        decoder = tf.SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+        processor = tf.SamImageProcessorPil(size={"longest_edge": input_size}, pad_size=size)
+        return tf.SamModel(tf.SamConfig(vision_config=vision, prompt_encoder_config=prompt,
+                                        mask_decoder_config=decoder)), processor
+    if modality == "det":  # DETR over transformers' own ResNet (no timm), as the `no_timm` DETR revisions are built
+        backbone = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                   out_features=["stage1", "stage2"])
+        config = tf.DetrConfig(backbone_config=backbone, d_model=16, encoder_layers=1, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+                               decoder_ffn_dim=16, num_queries=TINY_DET_QUERIES,
+                               id2label=dict(enumerate(TINY_DET_CLASSES)),
+                               label2id={name: i for i, name in enumerate(TINY_DET_CLASSES)})
+        return tf.DetrForObjectDetection(config), tf.DetrImageProcessorPil(size=size)
     raise KeyError(f"no tiny model for {modality!r}")
 
 

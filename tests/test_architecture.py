@@ -19,13 +19,14 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline/tokenizers": {"schemas"},
     "pipeline/data": {"schemas", "pipeline/tokenizers"},
     "pipeline/train": {"schemas", "pipeline/model", "pipeline/data", "pipeline/tokenizers"},
-    "pipeline/eval": {"schemas", "pipeline/model", "pipeline/data", "pipeline/tokenizers"},
+    "pipeline/generate": {"schemas", "pipeline/model", "pipeline/data", "pipeline/tokenizers"},
+    "pipeline/eval": {"schemas", "pipeline/model", "pipeline/data", "pipeline/tokenizers", "pipeline/generate"},
     "pipeline/study": {"schemas", "pipeline/model", "pipeline/train", "pipeline/data", "pipeline/eval"},
     "cluster": {"schemas"},
     "jobs": {"schemas", "pipeline/model", "pipeline/data", "pipeline/tokenizers", "pipeline/train", "pipeline/eval",
-             "pipeline/study", "cluster"},
+             "pipeline/generate", "pipeline/study", "cluster"},
     "bench": {"schemas", "pipeline/model", "pipeline/data", "pipeline/tokenizers", "pipeline/train", "pipeline/eval",
-              "pipeline/study", "cluster", "jobs"},
+              "pipeline/generate", "pipeline/study", "cluster", "jobs"},
 }
 
 

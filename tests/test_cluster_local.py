@@ -75,6 +75,19 @@ def test_head_and_workers_are_alive(ray_cluster: LocalCluster, ray_session: dict
     assert ray.get_runtime_context().get_node_id() == nodes[HEAD]["NodeID"]  # so losing a worker spares the driver
 
 
+@ray.remote(num_cpus=1)
+def ray_address_of_worker() -> str | None:
+    return os.environ.get("RAY_ADDRESS")
+
+
+@pytest.mark.cluster
+def test_workers_know_their_own_cluster(ray_cluster: LocalCluster, ray_session: dict) -> None:
+    """Ray code running on a node that looks its cluster up without an address (Ray Train's placement-group cleaner,
+    through the State API) must find this cluster by RAY_ADDRESS, not by scanning the machine for GCS servers, which
+    fails as soon as a second Ray instance runs beside it."""
+    assert ray.get(ray_address_of_worker.remote()) == ray_cluster.address
+
+
 @pytest.mark.cluster
 def test_tasks_land_on_every_worker(ray_cluster: LocalCluster, ray_session: dict) -> None:
     ids = live_node_ids()

@@ -107,3 +107,59 @@ def test_baselines_by_hand():
     # accuracy 1/2 (always 0); perplexity exp(-(ln 4/7 + ln 1/7) / 2) = 7 / 2
     accuracy, ppl = baselines.unigram_scores([np.array([0, 0, 1]), np.array([0])], [np.array([0, 2])], 3)
     assert accuracy == pytest.approx(0.5) and ppl == pytest.approx(3.5)
+
+
+def test_edge_f1_by_hand():
+    target = np.array([[0, 1, 1], [0, 0, 1]], bool)
+    pred = np.array([[1, 1, 0], [0, 0, 1]], bool)
+    # TP 2, predicted 3, true 3 -> precision 2/3, recall 2/3 -> F1 = 2 * 2 / (3 + 3)
+    assert metrics.edge_f1(pred, target) == pytest.approx(2 / 3)
+    # All-edge: precision 3/6, recall 1 -> 2 * 3 / (6 + 3); no-edge finds nothing: 0
+    assert metrics.edge_f1(np.ones_like(target), target) == pytest.approx(2 / 3)
+    assert metrics.edge_f1(np.zeros_like(target), target) == 0.0
+    assert metrics.edge_f1(np.zeros(4, bool), np.zeros(4, bool)) == 1.0  # nothing to find, nothing found
+    with pytest.raises(ValueError):
+        metrics.edge_f1(np.ones(3), np.ones(4))
+
+
+def test_mean_angle_error_by_hand():
+    target = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # 0 degrees (length ignored), 90 (orthogonal), 180 (opposite), 45 (between y and z)
+    pred = np.array([[0.0, 0.0, 5.0], [0.0, 1.0, 0.0], [-2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    assert metrics.mean_angle_error(pred, target) == pytest.approx((0 + 90 + 180 + 45) / 4)
+    # Maps (H, W, 3) are scored per pixel; a zero vector has no direction: 90 degrees from anything.
+    assert metrics.mean_angle_error(np.zeros((2, 2, 3)), np.ones((2, 2, 3))) == pytest.approx(90.0)
+
+
+def test_mean_cosine_by_hand():
+    pred = np.array([[1.0, 0.0], [1.0, 1.0], [3.0, 4.0]])
+    target = np.array([[2.0, 0.0], [1.0, 0.0], [-3.0, -4.0]])
+    assert metrics.mean_cosine(pred, target) == pytest.approx((1 + math.sqrt(0.5) - 1) / 3)
+    # A feature map (h, w, C) is one vector per patch: the same rows as a (4, C) table.
+    features = np.arange(24, dtype=float).reshape(2, 2, 6)
+    assert metrics.mean_cosine(features, features) == pytest.approx(1.0)
+    assert metrics.mean_cosine(features, -features) == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        metrics.mean_cosine(np.ones((2, 3)), np.ones((3, 3)))
+
+
+def test_psnr_by_hand():
+    target = np.array([[0.0, 10.0], [20.0, 30.0]])
+    # MSE (5^2 * 4) / 4 = 25 -> 10 log10(255^2 / 25)
+    assert metrics.psnr(target + 5, target) == pytest.approx(10 * math.log10(255**2 / 25))
+    assert metrics.psnr(target, target) == math.inf
+
+
+def test_vector_and_mask_baselines_by_hand():
+    from pipeline.eval import baselines
+
+    np.testing.assert_allclose(baselines.mean_vector([np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([5.0, 6.0])]),
+                               [3.0, 4.0])
+    # Directions, not lengths: (10, 0) and (0, 1) average to the diagonal; the zero vector counts for nothing.
+    np.testing.assert_allclose(baselines.mean_direction([np.array([[10.0, 0.0], [0.0, 1.0], [0.0, 0.0]])]),
+                               [math.sqrt(0.5), math.sqrt(0.5)])
+    with pytest.raises(ValueError):
+        baselines.mean_direction([np.array([[1.0, 0.0], [-1.0, 0.0]])])
+    sparse = [np.array([0, 0, 0, 1], bool)]
+    assert baselines.best_constant_mask(sparse, metrics.edge_f1) is True  # all-edge 2/5 beats no-edge 0
+    assert baselines.best_constant_mask([np.zeros(4, bool)], metrics.edge_f1) is False  # no-edge is perfect

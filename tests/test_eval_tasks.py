@@ -10,6 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 import ray
+import torch
 
 from pipeline.data.masking import fill_spans
 from pipeline.eval.batches import pack
@@ -21,6 +22,7 @@ from pipeline.eval.tasks.probes import ANNOTATIONS, labelled, largest_shape, obj
 from schemas.batch import ModalitySpec, ModalityTable
 from schemas.evaluate import EvaluateConfig, ProbeConfig
 from schemas.keys import in_holdout
+from schemas.modalities import Values
 
 
 def test_pack_shows_all_inputs_and_the_whole_target_like_the_masker():
@@ -152,7 +154,7 @@ def _raw_annotations(corpus) -> dict[str, dict]:
     for path in sorted(corpus.glob("*.tar")):
         with tarfile.open(path) as tar:
             for member in tar.getmembers():
-                if member.name.endswith(".json"):
+                if member.name.endswith(".json") and member.name.count(".") == 1:  # not <key>.det.json
                     raw[member.name[:-len(".json")]] = json.load(tar.extractfile(member))
     return raw
 
@@ -200,7 +202,7 @@ def test_in_score_set_is_a_fraction_of_keys():
 
 def test_dense_ground_truth_is_scored_against_its_baseline(sample_output):
     from pipeline.data.storage import Storage
-    from pipeline.eval.tasks.decoding import read_label, resize_to, score_maps
+    from pipeline.eval.tasks.dense import read_label, resize_to, score_decoded
     from schemas.common import StorageConfig
 
     storage = Storage(str(sample_output / "out"), StorageConfig())
@@ -211,11 +213,102 @@ def test_dense_ground_truth_is_scored_against_its_baseline(sample_output):
     assert all(d.shape == (32, 32) and d.dtype.kind == "f" and (d > 0).any() for d in depth)
     assert all(m.shape == (32, 32) and m.dtype.kind in "ui" for m in semseg)
     # The truth itself is perfect; the mean-depth and majority-class baselines are not (and are finite).
-    value, baseline = score_maps(depth[half:], depth[half:], depth[:half], categorical=False)
+    value, baseline = score_decoded(Values.DEPTH, depth[half:], depth[half:], depth[:half])
     assert value == {"abs_rel": 0.0, "delta1": 1.0}
     assert 0 < baseline["abs_rel"] < 10 and 0 <= baseline["delta1"] < 1
-    value, baseline = score_maps(semseg[half:], semseg[half:], semseg[:half], categorical=True)
+    value, baseline = score_decoded(Values.CLASSES, semseg[half:], semseg[half:], semseg[:half])
     assert value["miou"] == pytest.approx(1.0) and 0 < baseline["miou"] < 0.5
     # Predictions at another resolution are brought to the label's: class ids stay class ids.
-    small = resize_to(semseg[0][::2, ::2], semseg[0].shape, categorical=True)
+    small = resize_to(semseg[0][::2, ::2], semseg[0].shape, nearest=True)
     assert small.shape == (32, 32) and set(np.unique(small)) <= set(np.unique(semseg[0]))
+    # Maps with channels (normals, features) are resampled channel by channel.
+    normals = np.dstack([np.full((8, 8), 10.0), np.full((8, 8), 128.0), np.full((8, 8), 250.0)])
+    np.testing.assert_allclose(resize_to(normals, (16, 16, 3), nearest=False), np.broadcast_to([10, 128, 250],
+                                                                                               (16, 16, 3)))
+
+
+def test_edge_maps_are_scored_by_f1_against_the_better_constant():
+    from pipeline.eval.tasks.dense import score_decoded
+
+    truth = [np.array([[0, 255], [0, 0]], np.uint8), np.array([[255, 255], [0, 0]], np.uint8)]
+    pred = [np.array([[0, 255], [255, 0]], np.uint8), np.array([[0, 0], [0, 0]], np.uint8)]
+    fit = [np.array([[0, 0], [0, 255]], np.uint8)]
+    # TP 1 of 2 predicted and 3 true -> F1 2 / 5; the fit set has an edge, so the baseline is all-edge: 2 * 3 / 11
+    value, baseline = score_decoded(Values.BINARY, pred, truth, fit)
+    assert value == {"f1": pytest.approx(2 / 5)} and baseline == {"f1": pytest.approx(6 / 11)}
+    # Resampled with nearest neighbour: an edge map at half the size still holds only 0 and 255.
+    value, _ = score_decoded(Values.BINARY, [np.kron(t, np.ones((2, 2), np.uint8))[::2, ::2] for t in truth], truth,
+                             fit)
+    assert value == {"f1": 1.0}
+
+
+class Oracle:
+    """Stands in for the model in a decoding task: every target slot's logits peak at the id the data holds, and
+    the ids past the tokenizer's codes (the registry's larger head) peak higher still, which the task must ignore."""
+
+    def __init__(self, codes: int, extra: int = 3):
+        self.codes, self.extra = codes, extra
+
+    def target_logits(self, rows, inputs, target, batch_size=32):
+        for row in rows:
+            ids = np.asarray(row[target][0], np.int64)
+            logits = np.zeros((len(ids), self.codes + self.extra))
+            logits[np.arange(len(ids)), ids] = 1.0
+            logits[:, self.codes:] = 2.0
+            yield logits, ids
+
+
+def labeler_output(modality: str, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Label arrays in the format each labeler writes (pipeline/data/labelers): normals as uint8 RGB of unit
+    vectors facing the camera more or less, feature maps (h, w, C) and embeddings (C,) as float16."""
+    if modality == "normal":
+        v = rng.normal(size=(n, 16, 16, 3)) * 0.4 + np.array([0.0, 0.0, 1.0])
+        v /= np.linalg.norm(v, axis=-1, keepdims=True)
+        return list(((v + 1) * 127.5).round().astype(np.uint8))
+    shape = {"clip_feature": (7, 7, 12), "dinov2_feature": (8, 8, 12)}.get(modality, (24,))
+    offset = rng.normal(size=shape[-1])  # a shared direction, as real features have: the mean is a fair baseline
+    return [(offset + rng.normal(size=shape)).astype(np.float16) for _ in range(n)]
+
+
+DECODED_ELSEWHERE = {"rgb_to_normal": "mean_angle_deg", "rgb_to_clip_feature": "cosine",
+                     "rgb_to_dinov2_feature": "cosine", "rgb_to_dinov2_global": "cosine",
+                     "caption_to_caption_embedding": "cosine"}
+
+
+@pytest.mark.parametrize("name", sorted(DECODED_ELSEWHERE))
+def test_decoded_targets_score_what_the_tokenizer_reconstructs(name, tmp_path):
+    """Targets the trained tiny model lacks (normals, CLIP/DINOv2, caption embeddings), through the registered
+    task with a real tokenizer: the oracle's tokens decode to the tokenizer's own reconstruction, so the task's
+    score is the tokenizer's reconstruction score (pipeline/tokenizers/codecs.py), and the truth itself is perfect."""
+    from pipeline.data.encoding import encode_npy, encode_png
+    from pipeline.eval.context import EvalSample
+    from pipeline.eval.tasks.dense import score_decoded
+    from pipeline.tokenizers.fit import new_tokenizer
+    from schemas.modalities import get_modality
+
+    task, metric = get_task(name), DECODED_ELSEWHERE[name]
+    target, values = task.target, get_modality(task.target).values
+    labels = labeler_output(target, 40, np.random.default_rng(0))
+    torch.manual_seed(0)
+    model = {Values.FEATURES: {"widths": (8,)}, Values.VECTOR: {"tokens": 4, "hidden": 32}}.get(
+        values, {"widths": (8, 16), "blocks": 0})
+    tokenizer = new_tokenizer(target, f"test/{target}", labels, {**model, "quantizer": {"levels": (4, 4, 3)}})
+    directory = tokenizer.save(tmp_path / target)
+    ids = tokenizer.encode(labels)
+    ext, write = ("npy", encode_npy) if get_modality(target).ext == "npy" else ("png", encode_png)
+    samples = [EvalSample(f"sample_{i:04d}", {task.inputs[0]: np.zeros((1, 4), np.int64), target: ids[i:i + 1]},
+                          {target: {ext: write(label)}}) for i, label in enumerate(labels)]
+    context = TaskContext(task, None, EvaluateConfig(tokenizers={target: str(directory)}))
+    context.__dict__.update(samples=samples, model=Oracle(tokenizer.vocab_size))
+    (score,) = task.evaluate(context)
+    fit, scored = context.fit_and_score()
+    held = [int(s.key.rpartition("_")[2]) for s in scored]
+    reconstruction = tokenizer.codec.scores(tokenizer.decode(ids[held]), [labels[i] for i in held])
+    assert score.metric == metric and score.value == pytest.approx(reconstruction[metric], rel=1e-6)
+    truth = [labels[i] for i in held]
+    perfect, baseline = score_decoded(values, truth, truth, [labels[int(s.key.rpartition("_")[2])] for s in fit])
+    assert baseline == {metric: pytest.approx(score.baseline)}
+    if metric == "cosine":
+        assert perfect == {"cosine": pytest.approx(1.0)} and 0.2 < score.baseline < 1  # the mean shares a direction
+    else:  # normals about 20 degrees off the camera axis: the mean direction is that far off, give or take
+        assert perfect == {"mean_angle_deg": pytest.approx(0.0, abs=1e-6)} and 5 < score.baseline < 40

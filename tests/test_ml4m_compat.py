@@ -30,7 +30,7 @@ from pipeline.tokenizers.sequence import encode_records
 from pipeline.tokenizers.text import EOS, ML4M_TOKENIZER_FILE, PAD, TOKENIZER_FILE, sentinel_token
 from schemas.common import StorageConfig
 from schemas.labels import METADATA_SCALES, PALETTE_SIZES
-from schemas.modalities import ModalityNotImplementedError, get_modality, require_implemented
+from schemas.modalities import get_modality
 from schemas.preprocess import PreprocessConfig
 from schemas.token_grids import ml4m_modality_info
 
@@ -222,8 +222,7 @@ def test_caption_is_plain_text(output):
 
 
 def test_det_in_ml4m_s_schema_tokenizes_and_det_and_poses_are_never_written(wordpiece):
-    """Tessera writes neither (no labeler): ml-4m's det record, brought to Tessera, serializes with its threshold
-    and order; asking preprocess for either is refused before anything runs."""
+    """ml-4m's det record (which Tessera's det labeler writes too) serializes with ml-4m's threshold and order."""
     tokenizer = wordpiece
     record = {"instances": [
         {"boxes": [0.5, 0.5, 0.9, 0.9], "class_name": "dog", "score": 0.9},
@@ -234,9 +233,6 @@ def test_det_in_ml4m_s_schema_tokenizes_and_det_and_poses_are_never_written(word
     (text,) = tokenizer.decode([ids])
     assert text.split() == ["v0=100", "v1=200", "v2=300", "v3=400", "cat", "v0=500", "v1=500", "v2=900", "v3=900",
                             "dog"]
-    for modality in ("det", "human_poses"):
-        with pytest.raises(ModalityNotImplementedError):
-            require_implemented(modality)
 
 
 def test_ml4m_tokenizer_file_has_ml4m_s_reserved_ids_and_no_eos(wordpiece):

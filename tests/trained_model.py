@@ -1,6 +1,7 @@
 """One tiny model trained by the real pipeline, shared by every test that needs a trained model (evaluation,
-generation): the sample corpus preprocessed with its ground-truth depth and semseg, tokenized (WordPiece for text,
-tiny random-weight conv tokenizers for the maps), pretrained briefly with Ray Train + DeepSpeed and exported.
+generation): the sample corpus preprocessed with its ground-truth depth and semseg and the default recipe's Canny
+edges, tokenized (WordPiece for text, tiny random-weight conv tokenizers for the maps), pretrained briefly with Ray
+Train + DeepSpeed and exported.
 Built once per session by the `trained_tiny` fixture in conftest.py."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from schemas.pretrain import PretrainConfig
 REPO = Path(__file__).resolve().parent.parent
 
 TEXT = ("caption", "color_palette", "metadata")
-MAPS = ("rgb", "depth", "semseg")
+MAPS = ("rgb", "depth", "semseg", "canny_edge")  # canny_edge: labelled from pixels by the default labeler
 # 32 px -> 8x8 tokens
 TINY_IMAGE = {"widths": (8, 8, 8), "blocks": 0, "quantizer": {"levels": (4, 4, 3)}}
 

@@ -1,13 +1,15 @@
 """Trivial baselines, each fitted on the fit set only, so that every task's number has something to beat.
 
-- constant maps: the fit set's mean (depth-like values) or majority class (class maps) at every pixel;
+- constant maps: the fit set's mean (depth-like values), majority class (class maps), mean vector (colours,
+  features, embeddings) or mean direction (normals) at every pixel, patch or sample; for binary masks the better
+  of all-positive and all-negative on the fit set;
 - unigram: the fit set's token frequencies, for token accuracy (always the most frequent token) and perplexity
   (add-one smoothed, so an unseen token costs log(V) rather than infinity).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +34,29 @@ def majority_value(maps: Sequence[np.ndarray], ignore_index: int | None = None) 
         values = values[values != ignore_index]
     counts = np.bincount(values)
     return int(np.argmax(counts))
+
+
+def mean_vector(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(C,) per-channel mean over every pixel, patch or sample of arrays (..., C)."""
+    return np.concatenate([np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]) for a in arrays]).mean(axis=0)
+
+
+def mean_direction(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(C,) unit mean of the unit vectors of arrays (..., C): each vector counts for its direction, not its length
+    (zero vectors, directions a labeler could not estimate, count for nothing)."""
+    rows = np.concatenate([np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]) for a in arrays])
+    mean = (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).sum(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm == 0:
+        raise ValueError("the vectors have no mean direction")
+    return mean / norm
+
+
+def best_constant_mask(masks: Sequence[np.ndarray], score: Callable[[np.ndarray, np.ndarray], float]) -> bool:
+    """The constant (all True or all False) that `score`s higher on the fit masks; all True on ties. For edge F1
+    that is all-edge whenever the fit set has an edge (no-edge then scores 0)."""
+    truth = np.concatenate([np.asarray(m, bool).ravel() for m in masks])
+    return bool(score(np.ones_like(truth), truth) >= score(np.zeros_like(truth), truth))
 
 
 def unigram_log_probs(token_rows: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:

@@ -137,3 +137,111 @@ def majority_class(labels: np.ndarray) -> int:
     """The most frequent label (the smallest one among ties, so the baseline is deterministic)."""
     values, counts = np.unique(np.asarray(labels), return_counts=True)
     return int(values[np.argmax(counts)])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection over union of boxes (N, 4) and (M, 4) as (xmin, ymin, xmax, ymax); 0 where the union
+    is empty."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    sides = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    inter = sides.prod(axis=-1)
+    area_a, area_b = (np.clip(x[:, 2:] - x[:, :2], 0, None).prod(axis=-1) for x in (a, b))
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def average_precision(scores: np.ndarray, hits: np.ndarray, positives: int) -> float:
+    """Area under the precision-recall curve of detections ranked by score (ties keep their order), precision
+    made monotone from the right (all-point interpolation, VOC 2010+ / COCO); `hits` marks true positives."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    hits = np.asarray(hits, bool)[order]
+    true_pos = np.cumsum(hits)
+    precision = true_pos / np.arange(1, len(hits) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(envelope[hits]) / positives) if positives else 0.0
+
+
+def mean_average_precision(predictions, truths, iou_threshold: float = 0.5) -> float:
+    """mAP@iou_threshold of box detections (higher is better), COCO's matching: per class, detections in score
+    order each take the best-overlapping unmatched true box of their image and class with IoU >= the threshold,
+    else count as false positives (a second detection of a matched box included).
+
+    predictions: per image (boxes (n, 4), labels (n,), scores (n,)); truths: per image (boxes (m, 4), labels (m,)).
+    The mean is over the classes that have true boxes (a class only predicted adds nothing, as in COCO)."""
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} images of predictions for {len(truths)} of ground truth")
+    classes = sorted({str(label) for _, labels in truths for label in labels})
+    if not classes:
+        raise ValueError("no ground-truth boxes to score")
+    precisions = []
+    for name in classes:
+        scores, hits, positives = [], [], 0
+        for (boxes, labels, confidences), (true_boxes, true_labels) in zip(predictions, truths):
+            mine = np.asarray([str(label) == name for label in labels], bool)
+            theirs = np.asarray([str(label) == name for label in true_labels], bool)
+            positives += int(theirs.sum())
+            if not mine.any():
+                continue
+            order = np.argsort(-np.asarray(confidences, np.float64)[mine], kind="stable")
+            overlap = box_iou(np.asarray(boxes).reshape(-1, 4)[mine][order],
+                              np.asarray(true_boxes).reshape(-1, 4)[theirs])
+            taken = np.zeros(overlap.shape[1], bool)
+            for row in overlap:
+                candidates = np.where(~taken & (row >= iou_threshold), row, -1.0)
+                best = int(np.argmax(candidates)) if candidates.size else 0
+                hit = bool(candidates.size) and bool(candidates[best] >= 0)
+                if hit:
+                    taken[best] = True
+                hits.append(hit)
+            scores.extend(np.asarray(confidences, np.float64)[mine][order])
+        precisions.append(average_precision(np.asarray(scores), np.asarray(hits, bool), positives))
+    return float(np.mean(precisions))
+
+
+def edge_f1(pred: np.ndarray, target: np.ndarray) -> float:
+    """F1 of the positive (edge) pixels, pooled over every pixel given: 2 TP / (predicted + true positives).
+
+    Exact pixel agreement, no matching tolerance (BSDS-style edge benchmarks allow a few pixels of slack; at the
+    token grid's resolution one pixel is already coarse). Nothing positive in either is perfect agreement: 1."""
+    pred, target = np.asarray(pred, bool).ravel(), np.asarray(target, bool).ravel()
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in size")
+    positives = int(pred.sum()) + int(target.sum())
+    return 1.0 if positives == 0 else float(2 * np.sum(pred & target) / positives)
+
+
+def _rows(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays (..., C) as (N, C) float64 rows: one vector per pixel, patch or sample."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    if pred.ndim == 0 or pred.size == 0:
+        raise ValueError("no vectors to score")
+    return pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1])
+
+
+def _cosines(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    p, t = _rows(pred, target)
+    # A zero vector (a normal the labeler could not estimate) has no direction: it scores cosine 0.
+    norms = np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1)
+    return np.clip(np.sum(p * t, axis=1) / np.maximum(norms, 1e-12), -1.0, 1.0)
+
+
+def mean_angle_error(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean angle in degrees between predicted and true vectors (..., 3), e.g. surface normals (lower is better).
+    Lengths do not matter; a zero vector is 90 degrees from everything."""
+    return float(np.degrees(np.arccos(_cosines(pred, target))).mean())
+
+
+def mean_cosine(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean cosine similarity of matching vectors (..., C): per patch for feature maps, per sample for embeddings."""
+    return float(_cosines(pred, target).mean())
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB over every value given (higher is better); identical arrays: infinity."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    mse = float(np.mean((pred - target) ** 2))
+    return math.inf if mse == 0 else float(10 * np.log10(peak ** 2 / mse))

@@ -11,6 +11,7 @@ from pipeline.tokenizers.base import Tokenizer, TokenizerConfig, load_tokenizer,
 from pipeline.tokenizers.global_mlp import GlobalEmbeddingTokenizer
 from pipeline.tokenizers.graph import GraphTokenizer
 from pipeline.tokenizers.image import FeatureMapTokenizer, ImageTokenizer
+from pipeline.tokenizers.instances import InstanceMaskTokenizer
 from pipeline.tokenizers.members import encode_members
 from pipeline.tokenizers.neural import NeuralTokenizer
 from pipeline.tokenizers.signal import SignalTokenizer
@@ -29,6 +30,7 @@ __all__ = [
     "GlobalEmbeddingTokenizer",
     "GraphTokenizer",
     "ImageTokenizer",
+    "InstanceMaskTokenizer",
     "NeuralTokenizer",
     "TableTokenizer",
     "SignalTokenizer",

@@ -8,6 +8,7 @@ Each labelled modality has one `SequenceSerializer`, looked up by modality name 
     color_palette  v0=n v1=r v2=g v3=b ...                    (n colours, channels in 256 bins: exact)
     metadata       key v0=bin key v0=bin ...                  (per-key ranges in METADATA_KEYS)
     caption        the caption itself
+    human_poses    v0=x0 v1=y0 v2=x1 v3=y1 v0=k v1=x v2=y ... (per person; pipeline/tokenizers/poses.py)
 
 A serializer cuts a record into elements (one box, colour, key or word each) in priority order; when a record
 does not fit the modality's `max_tokens` (EOS included), trailing elements are dropped whole, so a row never ends
@@ -297,7 +298,9 @@ class PaletteSerializer(SequenceSerializer):
     def parse(self, text: str, image_size: tuple[int, int] | None = None) -> dict:
         words = _words(text)
         triples = (_bins(words, i, (1, 2, 3)) for i in range(len(words)))
-        return {"colors": [[CHANNEL_RANGE.dequantize(b) for b in bins] for bins in triples if bins is not None]}
+        # A generated run can hold bins past the 256 a channel has: such a colour is malformed and skipped.
+        return {"colors": [[CHANNEL_RANGE.dequantize(b) for b in bins] for bins in triples
+                           if bins is not None and max(bins) < CHANNEL_RANGE.bins]}
 
 
 # Every metadata key and how it is binned, in the order written (and kept under truncation). A labeler that
@@ -360,3 +363,7 @@ def _positive(record: dict, key: str) -> float:
     if not value > 0:
         raise ValueError(f"det: {key} must be positive, got {record[key]!r}")
     return value
+
+
+# Serializers kept in their own modules register on import (after everything above exists: they import it).
+from pipeline.tokenizers import poses  # noqa: E402,F401

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.data.encoding import encode_npy, encode_png
+from pipeline.data.encoding import encode_json, encode_npy, encode_png
 from pipeline.data.labelers.base import DecodedBatch, Labeler
 from pipeline.data.labelers.weights import required_weights, resolve_weights
 from schemas.modalities import get_modality
@@ -27,7 +27,7 @@ from schemas.preprocess import LabelerConfig
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample ids, as image processors save them
-ENCODERS = {"npy": encode_npy, "png": encode_png}  # tar member extension -> how one output array becomes bytes
+ENCODERS = {"npy": encode_npy, "png": encode_png, "json": encode_json}  # member extension -> how an output is stored
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pipeline.data.sample_corpus.photos import sample_photo
 from pipeline.data.sample_corpus.scenes import BACKGROUNDS, RenderedScene, Scene, class_id, render_scene, sample_scene
 from schemas.corpus import SampleCorpusConfig
 from schemas.keys import make_key
+from schemas.labels import Detection, detection_record
 
 Kind = Literal["scene", "photo"]
 Member = tuple[str, bytes]
@@ -85,6 +86,14 @@ def _scene_meta(scene: Scene, rendered: RenderedScene) -> dict:
     }
 
 
+def scene_detections(rendered: RenderedScene) -> dict:
+    """The scene's `det` ground truth, ml-4m's record: each visible object's box (its visible pixels) as fractions
+    of the image, its shape as the class, score 1."""
+    size = rendered.rgb.shape[0]
+    return detection_record([Detection(tuple(v / size for v in item.box), item.object.shape)  # type: ignore[arg-type]
+                             for item in rendered.visible])
+
+
 def build_sample(config: SampleCorpusConfig, index: int) -> tuple[Kind, list[Member]]:
     """The kind of sample `index` and its tar members: image, caption, metadata (and ground truth for scenes)."""
     kind = sample_kind(index, config.real_fraction)
@@ -119,4 +128,5 @@ def build_sample(config: SampleCorpusConfig, index: int) -> tuple[Kind, list[Mem
         (f"{key}.depth.npy", encode_npy(rendered.depth)),
         (f"{key}.semseg.png", encode_image(rendered.semseg, "png")),
         (f"{key}.instance.png", encode_image(rendered.instance, "png")),
+        (f"{key}.det.json", encode_json(scene_detections(rendered))),
     ]
