@@ -14,8 +14,9 @@ actor of the job with the node it ran on).
 `--driver-memory` measures what the driver holds and writes per unit at the sizes docs/scaling.md extrapolates from:
 for N units it builds the unit listing (`WorkUnit`s, and the items Ray Data's `from_items` is given), one unit record
 per unit as the writer commits it (`--folders` manifest rows each: 12 label and 12 token folders in the 4M-21
-recipe), reads them back and merges them as `finalize` does, and writes the manifest; it prints the driver's RSS
-growth at each step, the bytes of records, manifest and report, and the seconds each step took. No Ray is started.
+recipe) written to disk, then runs finalize's own streamed merge over them and publishes the manifest; it prints the
+driver's RSS growth (and peak) at each step, the bytes of records and manifest, and the seconds each step took. No
+Ray is started.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pipeline.data.sample_corpus import write_corpus  # noqa: E402
 from schemas.corpus import SampleCorpusConfig  # noqa: E402
 
 MODELS = ("depth", "dinov2_feature")
+SAMPLES_PER_UNIT = 1_000  # --driver-memory's units
 
 
 def run_job(corpus: Path, output: Path, weights: dict[str, Path], address: str | None, cpus: int) -> float:
@@ -84,46 +86,73 @@ def work_by_node(address: str) -> dict[str, collections.Counter]:
 
 
 def driver_memory(units: int, folders: int, work: Path) -> dict:
-    """Driver RSS growth, sizes and seconds of a job's bookkeeping for `units` units of 10k samples each."""
+    """Driver RSS growth, sizes and seconds of a job's bookkeeping for `units` units of 1,000 samples each (the
+    unit size docs/scaling.md recommends): the unit records, with their keys' hashes, are written to disk as the
+    writers commit them; then finalize's own streamed merge reads them back (`pipeline.data.finalize.gather`), checks
+    the keys across units and publishes the manifest, with a sampler thread catching each step's peak."""
     import dataclasses
     import gc
+    import threading
 
     import psutil
 
-    from pipeline.data.manifest import write_manifest
+    from pipeline.data.finalize import gather
+    from pipeline.data.unique_keys import require_unique_keys
+    from schemas.keys import encode_key_hashes
     from pipeline.data.readers import WorkUnit
+    from pipeline.data.shard_writer import BASE_RUN, WritePlan
     from pipeline.data.storage import Storage
     from schemas.common import StorageConfig
     from schemas.shards import ManifestRow, UnitRecord
 
     process = psutil.Process()
     gc.collect()
-    out, base, started = {}, process.memory_info().rss, time.perf_counter()
+    out, base, started, peak, stop = {}, process.memory_info().rss, time.perf_counter(), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
 
     def step(name: str) -> None:
         nonlocal started
         gc.collect()
-        out[name] = {"rss_mb": (process.memory_info().rss - base) / 2**20, "s": time.perf_counter() - started}
-        started = time.perf_counter()
+        rss = process.memory_info().rss
+        out[name] = {"rss_mb": (rss - base) / 2**20, "peak_mb": (max(peak[0], rss) - base) / 2**20,
+                     "s": time.perf_counter() - started}
+        started, peak[0] = time.perf_counter(), 0
 
     listing = [WorkUnit(index=i, format="webdataset", path=f"laion/part-{i // 1000:05d}/{i:08d}.tar")
                for i in range(units)]
     items = [{"unit": dataclasses.asdict(u)} for u in listing]
     step("listing + Ray Data items")
-    names = [f"folder_{f:02d}" for f in range(folders)]
-    records = [UnitRecord(unit=u.index, source=u.label, samples_in=10_000, samples_written=9_990, manifest=tuple(
-        ManifestRow(folder=name, modality=name, shard=u.index, uri=f"{name}/shard-{u.index:08d}.tar", samples=9_990,
-                    bytes=512 * 2**20, sha256=hashlib.sha256(f"{name}/{u.index}".encode()).hexdigest(),
-                    source_units=(u.label,)) for name in names)).to_json()
-        for u in listing]
-    record_bytes = sum(map(len, records))
-    step("unit records (as JSON bytes)")
-    merged = [row for payload in records for row in UnitRecord.from_json(payload).manifest]
-    step("records merged into manifest rows (finalize)")
-    write_manifest(Storage(str(work / f"manifest-{units}"), StorageConfig()), merged)
-    step("manifest written")
-    manifest_bytes = (work / f"manifest-{units}" / "manifest.parquet").stat().st_size
-    del items, records, merged, listing
+    output = Storage(str(work / f"out-{units}"), StorageConfig())
+    plan = WritePlan(BASE_RUN, tuple(f"folder_{f:02d}" for f in range(folders)))
+    (work / f"out-{units}" / plan.records_dir).mkdir(parents=True)
+    record_bytes = 0
+    for u in listing:  # as the writers commit them (not part of the driver's work)
+        keys = [f"laion_{u.index:08d}_{k:04d}" for k in range(SAMPLES_PER_UNIT)]
+        payload = UnitRecord(unit=u.index, source=u.label, samples_in=SAMPLES_PER_UNIT,
+                             samples_written=SAMPLES_PER_UNIT, key_hashes=encode_key_hashes(keys), manifest=tuple(
+            ManifestRow(folder=name, modality=name, shard=u.index, uri=f"{name}/shard-{u.index:08d}.tar",
+                        samples=SAMPLES_PER_UNIT, bytes=900 * 2**20,
+                        sha256=hashlib.sha256(f"{name}/{u.index}".encode()).hexdigest(), source_units=(u.label,))
+            for name in plan.folders)).to_json()
+        (work / f"out-{units}" / plan.record_path(u.index)).write_bytes(payload)
+        record_bytes += len(payload)
+    step("unit records written (by the writers, not the driver)")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with tempfile.TemporaryDirectory(dir=work) as directory:
+        merged = gather(output, [plan], units, set(), directory)
+        step("records read and merged (finalize's gather)")
+        require_unique_keys(output, merged.labels, merged.keys)
+        step(f"keys checked across units ({units * SAMPLES_PER_UNIT:,} keys)")
+        merged.manifest.publish(output)
+        step("manifest published")
+    stop.set()
+    manifest_bytes = (work / f"out-{units}" / "manifest.parquet").stat().st_size
+    del items, listing, merged
+    shutil.rmtree(work / f"out-{units}", ignore_errors=True)
     return {"steps": out, "record_bytes": record_bytes, "manifest_bytes": manifest_bytes,
             "peak_rss_mb": process.memory_info().rss / 2**20}
 
@@ -146,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({result['record_bytes'] / units / 1024:.1f} KiB/unit), manifest "
                   f"{result['manifest_bytes'] / 2**20:.2f} MiB; process RSS {result['peak_rss_mb']:.0f} MiB")
             for name, figures in result["steps"].items():
-                print(f"  {name}: RSS {figures['rss_mb']:.0f} MiB above the start, step took {figures['s']:.1f} s")
+                print(f"  {name}: RSS {figures['rss_mb']:.0f} MiB above the start (peak in the step "
+                      f"{figures['peak_mb']:.0f} MiB), step took {figures['s']:.1f} s")
         shutil.rmtree(work, ignore_errors=True)
         return 0
     from tests.model_weights import save_tiny_model

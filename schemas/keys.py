@@ -6,6 +6,7 @@ become a different key plus a bogus extension. Keys are therefore restricted to 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 
@@ -59,3 +60,21 @@ def in_holdout(key: str, fraction: float, salt: str = "") -> bool:
     """
     value = int.from_bytes(hashlib.sha256((salt + key).encode("utf-8")).digest()[:8], "big") / 2**64
     return value < fraction
+
+
+def key_hash(key: str) -> int:
+    """A key's 64-bit hash (BLAKE2b), as unit records carry it for the job's check that no two units share a key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def encode_key_hashes(keys: list[str]) -> str:
+    """The keys' hashes, 8 little-endian bytes each in key order, as base64: ~11 characters a key in a record."""
+    return base64.b64encode(b"".join(key_hash(k).to_bytes(8, "little") for k in keys)).decode()
+
+
+def decode_key_hashes(text: str) -> bytes:
+    """`encode_key_hashes`'s bytes back (8 per key); raises ValueError for text that is not such a list."""
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 8:
+        raise ValueError(f"key hashes of {len(raw)} bytes, not a multiple of 8")
+    return raw

@@ -121,12 +121,6 @@ class ManifestRow:
         return cls(**{**row, "source_units": tuple(row["source_units"])})
 
 
-def manifest_table(rows: list[ManifestRow]) -> pa.Table:
-    """Rows as a table in the manifest schema, sorted by (folder, shard) so equal runs write equal files."""
-    ordered = sorted(rows, key=lambda r: (r.folder, r.shard))
-    return pa.Table.from_pylist([r.as_dict() for r in ordered], schema=MANIFEST_SCHEMA)
-
-
 # --- quarantine ----------------------------------------------------------------------------------------------------
 class Stage(str, enum.Enum):
     READ = "read"
@@ -192,10 +186,6 @@ class QuarantineRecord:
         return cls(row["source_uri"], row["source_key"], Stage(row["stage"]), Reason(row["reason"]), row["detail"])
 
 
-def quarantine_table(records: list[QuarantineRecord]) -> pa.Table:
-    return pa.Table.from_pylist([r.as_row() for r in records], schema=QUARANTINE_SCHEMA)
-
-
 # --- unit records --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UnitRecord:
@@ -212,15 +202,21 @@ class UnitRecord:
     samples_written: int
     manifest: tuple[ManifestRow, ...]
     quarantine: tuple[QuarantineRecord, ...] = ()
+    # The base run's keys as 64-bit hashes (schemas/keys.py:encode_key_hashes), so that the job's end checks keys
+    # across units from the records alone; None in other runs' records and in records from before the field.
+    key_hashes: str | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps({"unit": self.unit, "source": self.source, "samples_in": self.samples_in,
-                           "samples_written": self.samples_written, "manifest": [r.as_dict() for r in self.manifest],
-                           "quarantine": [q.as_row() for q in self.quarantine]}, sort_keys=True).encode()
+        fields = {"unit": self.unit, "source": self.source, "samples_in": self.samples_in,
+                  "samples_written": self.samples_written, "manifest": [r.as_dict() for r in self.manifest],
+                  "quarantine": [q.as_row() for q in self.quarantine]}
+        if self.key_hashes is not None:  # absent otherwise: an older record reads and writes back the same bytes
+            fields["key_hashes"] = self.key_hashes
+        return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, payload: bytes | str) -> UnitRecord:
         record = json.loads(payload)
         return cls(record["unit"], record["source"], record["samples_in"], record["samples_written"],
                    tuple(ManifestRow.from_dict(row) for row in record["manifest"]),
-                   tuple(QuarantineRecord.from_row(row) for row in record["quarantine"]))
+                   tuple(QuarantineRecord.from_row(row) for row in record["quarantine"]), record.get("key_hashes"))

@@ -153,3 +153,25 @@ def test_curves_plot_each_run_against_its_tokens_and_flops(tmp_path):
     assert curve_series(rows)[0] == "step"
     written = write_results(rows, Storage(str(tmp_path / "fallback"), StorageConfig()))
     assert CURVES_FLOPS_PNG not in {uri.rsplit("/", 1)[1] for uri in written}
+
+
+def test_an_empty_fit_or_score_set_is_one_line_naming_the_task_and_what_to_do():
+    import pipeline.eval.tasks  # noqa: F401 (registers the tasks)
+    from pipeline.eval.context import EvalSample, TaskContext
+    from pipeline.eval.registry import get_task
+    from schemas.evaluate import EvaluateConfig, ProbeConfig
+    from schemas.keys import in_holdout
+
+    context = TaskContext(get_task("object_count"), None, EvaluateConfig(probe=ProbeConfig(test_fraction=0.3)))
+    key = "sample_000000"
+    context.__dict__["samples"] = [EvalSample(key, {})]  # one sample: it lands in one set, the other is empty
+    empty = "fit" if in_holdout(key, 0.3) else "score"
+    with pytest.raises(ValueError) as refused:
+        context.fit_and_score()
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(
+        f"task 'object_count': the {empty} set of its split (tok_rgb, annotations) is empty: 1 samples read")
+    assert "probe.test_fraction=0.3" in message and "more samples" in message
+    context.__dict__["samples"] = []
+    with pytest.raises(ValueError, match=r"the fit and score set of its split .*: 0 samples read"):
+        context.fit_and_score()

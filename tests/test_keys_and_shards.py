@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.manifest import folder_rows, read_manifest, write_manifest
+from pipeline.data.manifest import QUARANTINE_FILE, folder_rows, read_manifest, write_manifest, write_quarantine
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import commit_shard, commit_token_shard
 from schemas.keys import InvalidKeyError, in_holdout, make_key, sanitize_key, validate_key
@@ -25,8 +25,6 @@ from schemas.shards import (
     Stage,
     UnitRecord,
     braceexpand_pattern,
-    manifest_table,
-    quarantine_table,
     shard_index,
     shard_name,
 )
@@ -54,20 +52,24 @@ def test_shard_names_round_trip():
     assert braceexpand_pattern("/d", ["rgb", "caption"], 3) == "/d/[rgb,caption]/shard-{000000..000002}.tar"
 
 
-def test_manifest_schema_is_versioned_and_sorted():
+def test_manifest_schema_is_versioned_and_sorted(tmp_path):
     rows = [ManifestRow("rgb", "rgb", shard, f"rgb/{shard_name(shard)}", 2, 10, "0" * 64, ("u",))
             for shard in (2, 0, 1)]
-    table = manifest_table(rows)
-    assert table.schema.equals(MANIFEST_SCHEMA, check_metadata=True)
+    write_manifest(Storage(str(tmp_path), StorageConfig()), rows)
+    table = pq.read_table(tmp_path / MANIFEST_FILE)
+    # Parquet names a list's child "element" where Arrow says "item": the same type.
+    assert [(f.name, str(f.type).replace("element", "item"), f.nullable) for f in table.schema] == \
+        [(f.name, str(f.type), f.nullable) for f in MANIFEST_SCHEMA]
     assert table.schema.metadata[b"tessera.format_version"] == str(FORMAT_VERSION).encode()
     assert table.column("shard").to_pylist() == [0, 1, 2]
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError)):
         pa.Table.from_pylist([{"folder": "rgb", "shard": "not-a-number"}], schema=MANIFEST_SCHEMA)
 
 
-def test_quarantine_records():
+def test_quarantine_records(tmp_path):
     record = QuarantineRecord("s3://b/x.tar", "k1", Stage.DECODE, Reason.BAD_IMAGE, "cannot identify image")
-    table = quarantine_table([record])
+    write_quarantine(Storage(str(tmp_path), StorageConfig()), [record])
+    table = pq.read_table(tmp_path / QUARANTINE_FILE)
     assert table.schema.equals(QUARANTINE_SCHEMA)
     assert table.to_pylist()[0] == {"source_uri": "s3://b/x.tar", "source_key": "k1", "stage": "decode",
                                    "reason": "bad_image", "detail": "cannot identify image"}
@@ -85,13 +87,15 @@ def test_holdout_split_is_sha256_of_salt_and_key():
     assert 0.2 < len(salted & large) / len(large) < 0.4  # a salt draws an independent split
 
 
-def test_unit_records_and_manifest_rows_round_trip():
+def test_unit_records_and_manifest_rows_round_trip(tmp_path):
     row = ManifestRow("tok_rgb", "rgb", 3, "tok_rgb/shard-000003.tar", 2, 10, "0" * 64, ("rgb/shard-000003.tar",),
                       token_count=32, tokenizer_id="rgb-vq", tokenizer_hash="ab", longest_row=16)
     record = UnitRecord(3, "unit label", 3, 2, (row,), (QuarantineRecord("u", "k", Stage.READ, Reason.TRUNCATED),))
     assert UnitRecord.from_json(record.to_json()) == record
     assert UnitRecord.from_json(record.to_json()).to_json() == record.to_json()
-    assert ManifestRow.from_dict(manifest_table([row]).to_pylist()[0]) == row
+    storage = Storage(str(tmp_path), StorageConfig())
+    write_manifest(storage, [row])
+    assert read_manifest(storage) == [row]
     older = {k: v for k, v in row.as_dict().items() if k != "longest_row"}  # a manifest from before the column
     assert ManifestRow.from_dict(older).longest_row is None
 

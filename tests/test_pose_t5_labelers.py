@@ -221,11 +221,7 @@ def test_both_in_actor_pools_then_tokenized_and_evaluated(tmp_path, weights, ray
         "modalities=[rgb, caption, human_poses, t5_caption]",
         f"labelers.human_poses.weights={weights['human_poses']}", "labelers.human_poses.score_threshold=0.5",
         f"labelers.t5_caption.weights={weights['t5_caption']}", f"labelers.t5_caption.max_length={T5_LENGTH}",
-        # One actor each, reserving no CPU: the test cluster's nodes have one CPU each, and two half-CPU actors on
-        # two nodes would leave no whole CPU for the decode task.
-        *(f"labelers.{m}.{k}={v}" for m in ("human_poses", "t5_caption") for k, v in (("concurrency", 1),
-                                                                                      ("num_cpus", 0))),
-    ])
+    ])  # both pools laid out by the job (pipeline/data/pool_layout.py)
     assert run_preprocess(config, log=lambda _: None)["samples_written"] == 8
     storage = Storage(config.output, StorageConfig())
     records = [json.loads(p) for _, p in iter_members(storage, "human_poses")]

@@ -6,7 +6,9 @@ gets typed `ManifestRow`s, never the table's dicts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,13 +18,15 @@ from schemas.shards import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     QUARANTINE_DIR,
+    MANIFEST_SCHEMA,
+    QUARANTINE_SCHEMA,
     ManifestRow,
     QuarantineRecord,
-    manifest_table,
-    quarantine_table,
 )
 
 QUARANTINE_FILE = f"{QUARANTINE_DIR}/quarantine.parquet"
+SPILL_ROWS = 1024  # rows a spool holds as Python objects before writing them out: ~1 MB
+ROW_GROUP_ROWS = 131_072  # rows per row group of a published table: ~10 MB of manifest in memory at a time
 
 
 class OutputCorruptError(RuntimeError):
@@ -35,6 +39,11 @@ class MissingManifestError(FileNotFoundError):
 
 def read_manifest(storage: Storage) -> list[ManifestRow]:
     """Every row of the output's manifest, in (folder, shard) order."""
+    return list(iter_manifest(storage))
+
+
+def iter_manifest(storage: Storage) -> Iterator[ManifestRow]:
+    """The manifest's rows one row group at a time, for a reader that must not hold millions of them at once."""
     try:
         handle = storage.open(MANIFEST_FILE)
     except FileNotFoundError:
@@ -42,11 +51,13 @@ def read_manifest(storage: Storage) -> list[ManifestRow]:
             f"{storage.uri()} has no {MANIFEST_FILE}, so it is not a Tessera output; if it is an ml-4m-style folder, "
             f"import it first: python -m jobs.import_ml4m {storage.uri()} --output DST") from None
     with handle:
-        table = pq.read_table(handle)
-    versions = set(table.column("format_version").to_pylist())
-    if versions - {FORMAT_VERSION}:
-        raise OutputCorruptError(f"manifest has format versions {versions}; this Tessera reads {FORMAT_VERSION}")
-    return [ManifestRow.from_dict(row) for row in table.to_pylist()]
+        table = pq.ParquetFile(handle)
+        for batch in table.iter_batches(batch_size=ROW_GROUP_ROWS):
+            versions = set(batch.column("format_version").to_pylist())
+            if versions - {FORMAT_VERSION}:
+                raise OutputCorruptError(f"manifest has format versions {versions}; this Tessera reads "
+                                         f"{FORMAT_VERSION}")
+            yield from (ManifestRow.from_dict(row) for row in batch.to_pylist())
 
 
 def folder_rows(rows: Iterable[ManifestRow], folder: str) -> list[ManifestRow]:
@@ -65,14 +76,102 @@ def shard_location(storage: Storage, uri: str) -> tuple[Storage, str]:
 
 
 def write_manifest(storage: Storage, rows: Iterable[ManifestRow]) -> None:
-    _write_parquet(storage, MANIFEST_FILE, manifest_table(list(rows)))
+    """Publish `rows` (in any order) as the output's manifest, in (folder, shard) order."""
+    with tempfile.TemporaryDirectory(prefix="tessera-manifest-") as directory:
+        spill = ManifestSpill(directory)
+        for row in rows:
+            spill.add(row)
+        spill.publish(storage)
 
 
 def write_quarantine(storage: Storage, records: Iterable[QuarantineRecord]) -> None:
-    _write_parquet(storage, QUARANTINE_FILE, quarantine_table(list(records)))
+    with tempfile.TemporaryDirectory(prefix="tessera-quarantine-") as directory:
+        spool = RowSpool(os.path.join(directory, "quarantine.arrows"), QUARANTINE_SCHEMA)
+        for record in records:
+            spool.append(record.as_row())
+        spool.publish(storage, QUARANTINE_FILE)
 
 
-def _write_parquet(storage: Storage, relpath: str, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_atomic(relpath, sink.getvalue().to_pybytes())
+class RowSpool:
+    """Rows of one schema kept in a local Arrow stream file, SPILL_ROWS at a time, so that a table of any length
+    is built and published with flat memory."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self._pending: list[dict] = []
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def append(self, row: dict) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= SPILL_ROWS:
+            self._flush()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row appended, in order; the spool takes no more rows after this."""
+        self._flush()
+        if self._writer is None:
+            return
+        self._writer.close()
+        with pa.OSFile(self.path) as handle:
+            yield from pa.ipc.open_stream(handle)
+
+    def publish(self, storage: Storage, relpath: str) -> None:
+        publish_table(storage, relpath, self.schema, self.batches(), self.path + ".parquet")
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            self._writer = pa.ipc.new_stream(self.path, self.schema)
+        self._writer.write_batch(pa.RecordBatch.from_pylist(self._pending, schema=self.schema))
+        self._pending = []
+
+
+class ManifestSpill:
+    """Manifest rows gathered on local disk, one spool per folder, and published in (folder, shard) order. The job's
+    finalize adds rows unit by unit, so each folder's rows arrive in shard order and are copied as they are; a folder
+    whose rows came out of order (a caller editing a manifest) is sorted in memory, one folder at a time."""
+
+    def __init__(self, directory: str):
+        self._directory = directory
+        self._folders: dict[str, RowSpool] = {}
+        self._last_shard: dict[str, int] = {}
+        self._unsorted: set[str] = set()
+
+    def add(self, row: ManifestRow) -> None:
+        spool = self._folders.get(row.folder)
+        if spool is None:
+            path = os.path.join(self._directory, f"folder-{len(self._folders)}.arrows")
+            spool = self._folders[row.folder] = RowSpool(path, MANIFEST_SCHEMA)
+        if row.shard < self._last_shard.get(row.folder, row.shard):
+            self._unsorted.add(row.folder)
+        self._last_shard[row.folder] = row.shard
+        spool.append(row.as_dict())
+
+    def publish(self, storage: Storage) -> None:
+        publish_table(storage, MANIFEST_FILE, MANIFEST_SCHEMA, self._ordered(),
+                      os.path.join(self._directory, "manifest.parquet"))
+
+    def _ordered(self) -> Iterator[pa.RecordBatch]:
+        for folder in sorted(self._folders):
+            batches = self._folders[folder].batches()
+            if folder in self._unsorted:  # Arrow's sort is stable: rows of one shard keep their order, as in Python
+                yield from pa.Table.from_batches(list(batches), MANIFEST_SCHEMA).sort_by("shard").to_batches()
+            else:
+                yield from batches
+
+
+def publish_table(storage: Storage, relpath: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                  local_path: str) -> None:
+    """Write `batches` as a parquet file at `local_path`, in row groups of ROW_GROUP_ROWS, then publish it at
+    relpath in one atomic step."""
+    with pq.ParquetWriter(local_path, schema) as writer:
+        pending: list[pa.RecordBatch] = []
+        for batch in batches:
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(pending, schema))
+                pending = []
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema))
+    storage.publish_file(relpath, local_path)

@@ -10,7 +10,7 @@ vocabularies at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pipeline.data.manifest import OutputCorruptError, folder_rows
 from pipeline.data.shard_writer import UNITS_DIR
@@ -34,32 +34,39 @@ def verify_shard_listing(storage: Storage, manifest: Sequence[ManifestRow], fold
                          sizes: bool = True) -> None:
     """Raise `OutputCorruptError` unless, in each folder, the manifest has one row per shard the output holds, each
     (with `sizes`) there at the size its row says. The training loader leaves sizes to its checksums, which decide
-    how many lost shards a run survives (`LoaderConfig.max_lost_shard_fraction`). Which shards the output holds: shards 0..N-1 for the N units preprocess planned (shard
-    files numbered higher are leftovers of a larger run that `--overwrite` replaced), else every shard file listed.
-    Rows naming shards outside the root (an imported output) are not listed here."""
+    how many lost shards a run survives (`LoaderConfig.max_lost_shard_fraction`). Rows naming shards outside the root
+    (an imported output) are not listed here."""
     units = recorded_units(storage)
     for folder in folders:
-        rows = {row.shard: row for row in folder_rows(manifest, folder) if "://" not in row.uri
-                and not row.uri.startswith("/")}
-        if not rows:  # a folder the output lacks: the readers' own message says so
-            continue
-        listed = {}
-        for relpath, signature in storage.signature(folder).items():
-            name = relpath.rsplit("/", 1)[-1]
-            if SHARD_PATTERN.match(name) and (units is None or shard_index(name) < units):
-                listed[shard_index(name)] = int(signature.split(":", 1)[0])
-        expected = set(range(units)) if units is not None else set(listed)
-        unlisted = sorted(expected - set(rows))
-        if unlisted:
-            raise OutputCorruptError(
-                f"{storage.uri(folder)}: shards {unlisted[:5]} exist but manifest.parquet has no row for them (it "
-                f"lists {len(rows)} of {len(expected)}); the manifest was edited or is stale: rerun the preprocess "
-                f"command to rebuild it")
-        for number, row in sorted(rows.items()):
-            if sizes and listed.get(number) != row.bytes:
-                found = "is missing" if number not in listed else f"has {listed[number]} bytes"
-                raise OutputCorruptError(f"{storage.uri(row.uri)} {found}; manifest.parquet says {row.bytes} bytes: "
-                                         f"the output was altered after it was written")
+        rows = {row.shard: (row.uri, row.bytes) for row in folder_rows(manifest, folder)
+                if "://" not in row.uri and not row.uri.startswith("/")}
+        verify_folder_listing(storage, folder, rows, units, sizes=sizes)
+
+
+def verify_folder_listing(storage: Storage, folder: str, rows: Mapping[int, tuple[str, int]], units: int | None, *,
+                          sizes: bool = True) -> None:
+    """`verify_shard_listing` for one folder, given its rows as shard -> (uri, bytes) and the planned unit count.
+    Which shards the output holds: shards 0..N-1 for the N units preprocess planned (shard files numbered higher are
+    leftovers of a larger run that `--overwrite` replaced), else every shard file listed."""
+    if not rows:  # a folder the output lacks: the readers' own message says so
+        return
+    listed = {}
+    for relpath, signature in storage.signature(folder).items():
+        name = relpath.rsplit("/", 1)[-1]
+        if SHARD_PATTERN.match(name) and (units is None or shard_index(name) < units):
+            listed[shard_index(name)] = int(signature.split(":", 1)[0])
+    expected = set(range(units)) if units is not None else set(listed)
+    unlisted = sorted(expected - set(rows))
+    if unlisted:
+        raise OutputCorruptError(
+            f"{storage.uri(folder)}: shards {unlisted[:5]} exist but manifest.parquet has no row for them (it "
+            f"lists {len(rows)} of {len(expected)}); the manifest was edited or is stale: rerun the preprocess "
+            f"command to rebuild it")
+    for number, (uri, size) in sorted(rows.items()):
+        if sizes and listed.get(number) != size:
+            found = "is missing" if number not in listed else f"has {listed[number]} bytes"
+            raise OutputCorruptError(f"{storage.uri(uri)} {found}; manifest.parquet says {size} bytes: "
+                                     f"the output was altered after it was written")
 
 
 def folder_tokenizer(manifest: Sequence[ManifestRow], folder: str) -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import operator
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,8 +24,8 @@ import ray.data
 
 from pipeline.data.labelers import get_labeler
 from pipeline.data.labelers.weights import required_weights
-from pipeline.data.manifest import read_manifest, write_manifest, write_quarantine
-from pipeline.data.output_checks import STATE_FILE, verify_shard_listing
+from pipeline.data.finalize import manifest_current, merge_records
+from pipeline.data.output_checks import STATE_FILE
 from pipeline.data.pool_layout import layout_for_run
 from pipeline.data.progress import log_plan, log_unit, set_data_context
 from pipeline.data.raw import RAW_READERS
@@ -35,9 +34,8 @@ from pipeline.data.readers import WorkUnit
 from pipeline.data.shard_writer import BASE_RUN, UNITS_DIR, AlignmentError, WritePlan, commit_unit, write_unit
 from pipeline.data.stages import Batch, PooledLabelStage, decode_stage, read_stage
 from pipeline.data.storage import Storage
-from pipeline.data.unique_keys import require_unique_keys
 from schemas.preprocess import LabelerConfig, PreprocessConfig
-from schemas.shards import AUX_FOLDERS, REPORT_FILE, ManifestRow, UnitRecord, token_folder
+from schemas.shards import AUX_FOLDERS, REPORT_FILE, token_folder
 
 
 class OutputConflictError(RuntimeError):
@@ -237,27 +235,13 @@ def run_preprocess(config: PreprocessConfig, log: Callable[[str], None] = print)
         else:
             processed |= run_units(config, plan, source, output, units, log, nodes)
     if not processed and output.exists(REPORT_FILE) and _report_covers(output, runs):
-        if _manifest_current(output, runs, shards):
+        if manifest_current(output, runs, shards):
             return json.loads(output.read_bytes(REPORT_FILE))  # a finished job: rerunning it changes nothing
         log(f"preprocess: {output.uri('manifest.parquet')} is missing or differs from the unit records; rebuilding it")
     report = finalize(output, config, runs, shards, time.perf_counter() - started, processed)
     report["units_per_node_this_run"] = dict(sorted(nodes.items()))
     output.write_atomic(REPORT_FILE, json.dumps(report, indent=2).encode())  # the report's one write
     return report
-
-
-def _manifest_current(output: Storage, runs: list[WritePlan], shards: int) -> bool:
-    """Whether the manifest holds exactly the rows the runs' unit records committed (and the shards are there, as
-    `verify_shard_listing` checks): a deleted or edited manifest is not trusted, the records rebuild it."""
-    expected = [row for plan in runs for i in range(shards)
-                for row in UnitRecord.from_json(output.read_bytes(plan.record_path(i))).manifest]
-    verify_shard_listing(output, expected, sorted({row.folder for row in expected}))
-    try:
-        found = read_manifest(output)
-    except FileNotFoundError:
-        return False
-    order = operator.attrgetter("folder", "shard")
-    return sorted(found, key=order) == sorted(expected, key=order)
 
 
 def _report_covers(output: Storage, runs: list[WritePlan]) -> bool:
@@ -291,16 +275,7 @@ def run_units(config: PreprocessConfig, plan: WritePlan, source: Storage, output
 def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], shards: int,
              seconds: float, processed: set[int]) -> dict:
     """Merge every run's unit records into the manifest and the quarantine table; return the report."""
-    records = {plan.run: [UnitRecord.from_json(output.read_bytes(plan.record_path(i))) for i in range(shards)]
-               for plan in runs}
-    base = records[BASE_RUN]
-    require_unique_keys(output, {record.unit: record.source for record in base})  # before the manifest names them
-    rows = [row for run in records.values() for record in run for row in record.manifest]
-    verify_shard_listing(output, rows, sorted({row.folder for row in rows}))  # every shard there, as recorded
-    write_manifest(output, rows)
-    quarantine = [q for record in base for q in record.quarantine]  # only the base run decides which samples exist
-    write_quarantine(output, quarantine)
-    processed_samples = sum(r.samples_in for r in base if r.unit in processed)
+    totals = merge_records(output, runs, shards, processed)
     return {
         "input": config.input,
         "output": config.output,
@@ -308,37 +283,13 @@ def finalize(output: Storage, config: PreprocessConfig, runs: list[WritePlan], s
         "shards_per_folder": shards,
         "folders": [*(f for plan in runs for f in plan.folders), *AUX_FOLDERS],
         "runs": [{"run": plan.run, "kind": plan.kind, "modalities": list(plan.modalities)} for plan in runs],
-        "samples_in": sum(r.samples_in for r in base),
-        "samples_written": sum(r.samples_written for r in base),
-        "samples_quarantined": len(quarantine),
-        "quarantine_reasons": dict(sorted(Counter(q.reason.value for q in quarantine).items())),
-        "bytes_per_folder": _bytes_per_folder(rows),
-        "tokens": _token_stats(rows),
+        "samples_in": totals.samples_in,
+        "samples_written": totals.samples_written,
+        "samples_quarantined": sum(totals.quarantine_reasons.values()),
+        "quarantine_reasons": dict(sorted(totals.quarantine_reasons.items())),
+        "bytes_per_folder": dict(sorted(totals.bytes_per_folder.items())),
+        "tokens": totals.token_stats(),
         "seconds": round(seconds, 3),
-        "samples_per_second_this_run": round(processed_samples / seconds, 2) if processed_samples else None,
+        "samples_per_second_this_run": (round(totals.processed_samples / seconds, 2)
+                                        if totals.processed_samples else None),
     }
-
-
-def _token_stats(rows: list[ManifestRow]) -> dict[str, dict]:
-    """Per token folder: tokens, samples, mean and longest row, and the tokenizer that made them."""
-    stats: dict[str, dict] = {}
-    longest: Counter = Counter()
-    for row in rows:
-        if row.token_count is None:
-            continue
-        entry = stats.setdefault(row.folder, {"tokens": 0, "samples": 0, "tokenizer_id": row.tokenizer_id,
-                                              "tokenizer_hash": row.tokenizer_hash})
-        entry["tokens"] += row.token_count
-        entry["samples"] += row.samples
-        longest[row.folder] = max(longest[row.folder], row.longest_row or 0)
-    for folder, entry in stats.items():
-        entry["mean_per_sample"] = round(entry["tokens"] / entry["samples"], 2) if entry["samples"] else 0.0
-        entry["longest"] = longest[folder]
-    return dict(sorted(stats.items()))
-
-
-def _bytes_per_folder(rows: list[ManifestRow]) -> dict[str, int]:
-    totals: Counter = Counter()
-    for row in rows:
-        totals[row.folder] += row.bytes
-    return dict(sorted(totals.items()))

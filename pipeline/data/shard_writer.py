@@ -20,6 +20,7 @@ from pipeline.data.encoding import encode_json, encode_npy
 from pipeline.data.stages import Batch, ok_mask, payload_column
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import commit_shard
+from schemas.keys import encode_key_hashes
 from schemas.modalities import get_modality
 from schemas.shards import (
     ANNOTATIONS_FOLDER,
@@ -76,7 +77,16 @@ class WritePlan:
 
 def existing_keys(storage: Storage, index: int) -> list[str]:
     """Keys of shard `index` as the base run wrote them (from its small `source` tar)."""
-    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(shard_relpath(SOURCE_FOLDER, index)))) as tar:
+    return source_keys(storage.read_bytes(source_relpath(index)))
+
+
+def source_relpath(index: int) -> str:
+    return shard_relpath(SOURCE_FOLDER, index)
+
+
+def source_keys(payload: bytes) -> list[str]:
+    """The keys a `source` shard holds, in order."""
+    with tarfile.open(fileobj=io.BytesIO(payload)) as tar:
         return [name.split(".", 1)[0] for name in tar.getnames()]
 
 
@@ -134,7 +144,8 @@ def commit_unit(storage: Storage, index: int, label: str, batch: Batch | None, p
         for i in range(len(batch["key"])) if batch["reason"][i] != ""
     )
     record = UnitRecord(unit=index, source=label, samples_in=len(keys) + len(quarantined), samples_written=len(keys),
-                        manifest=manifest, quarantine=quarantined)
+                        manifest=manifest, quarantine=quarantined,
+                        key_hashes=encode_key_hashes(keys) if plan.is_base else None)
     storage.write_atomic(plan.record_path(index), record.to_json())
     return record
 

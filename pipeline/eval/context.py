@@ -90,11 +90,19 @@ class TaskContext:
         return read_split(self.storage, split, self.config.probe.max_samples)
 
     def fit_and_score(self) -> tuple[list[EvalSample], list[EvalSample]]:
-        fraction = self.config.probe.test_fraction
-        score = [s for s in self.samples if in_holdout(s.key, fraction)]
-        fit = [s for s in self.samples if not in_holdout(s.key, fraction)]
+        """The task's samples split by key into the fit set and the score set; refused if either is empty."""
+        probe = self.config.probe
+        score = [s for s in self.samples if in_holdout(s.key, probe.test_fraction)]
+        fit = [s for s in self.samples if not in_holdout(s.key, probe.test_fraction)]
         if not fit or not score:
-            raise ValueError(f"task {self.task.name!r}: {len(self.samples)} samples leave an empty fit or score set")
+            split = self.task.data  # a TokenSplit: `samples` reads no other kind
+            folders = ", ".join([*map(token_folder, split.modalities), *split.aux])
+            empty = " and ".join(name for name, part in (("fit", fit), ("score", score)) if not part)
+            raise ValueError(
+                f"task {self.task.name!r}: the {empty} set of its split ({folders}) is empty: {len(self.samples)} "
+                f"samples read, {len(fit)} to fit and {len(score)} to score at probe.test_fraction="
+                f"{probe.test_fraction:g}; give it more samples (a larger dataset, or probe.max_samples above "
+                f"{probe.max_samples} if it capped them) or a probe.test_fraction nearer 0.5")
         return fit, score
 
     def external(self) -> Any:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pipeline.model.kv_cache import DecoderCache, LayerCache
 from pipeline.model.layers import Block, sincos_1d, sincos_2d
 from pipeline.model.sizes import Dims, resolve
 from schemas.batch import BATCH_FIELDS, DECODER_FIELDS, ENCODER_FIELDS, ModalityTable
@@ -65,8 +66,10 @@ class FourM(nn.Module):
     """Embeddings -> encoder blocks over the input slots -> decoder blocks over the target slots (self-attention by
     the contract's rule, cross-attention to every live encoder slot) -> one linear head per modality.
 
-    `forward(batch)` gives the loss; `encode(batch)` the encoder features for probes. Every parameter is used only in
-    the forward of the module that owns it, as DeepSpeed ZeRO-3's per-module gathering requires.
+    `forward(batch)` gives the loss; `encode(batch)` the encoder features for probes; `start_decoding` and
+    `decode_step` decode a sequence slot by slot with a key/value cache (pipeline/model/kv_cache.py). Every
+    parameter is used only in the forward of the module that owns it, as DeepSpeed ZeRO-3's per-module gathering
+    requires (the cached path too: it calls the same Linear, norm and embedding modules).
     """
 
     def __init__(self, config: ModelConfig, table: ModalityTable):
@@ -133,6 +136,27 @@ class FourM(nn.Module):
         weights = torch.tensor([1.0 / len(losses) if c else 1.0 for c in counts], device=hidden.device)
         loss = (torch.stack(terms) * weights).sum()
         return ModelOutput(loss, losses, logits if return_logits else None)
+
+    # --- incremental decoding (generation only; training never builds a cache) -----------------------------------
+    @torch.no_grad()
+    def start_decoding(self, memory: torch.Tensor, memory_pad: torch.Tensor, capacity: int) -> DecoderCache:
+        """An empty cache for decoding one causal run of at most `capacity` slots against `encode`'s output; each
+        block's cross-attention keys/values of the memory are computed here, once."""
+        layers = [LayerCache(*block.cross_attn.keys_values(block.norm_context(memory)), capacity)
+                  for block in self.decoder]
+        return DecoderCache(layers, _key_mask(memory_pad), capacity)
+
+    @torch.no_grad()
+    def decode_step(self, tokens: torch.Tensor, modality: torch.Tensor, position: torch.Tensor,
+                    cache: DecoderCache) -> torch.Tensor:
+        """(B, n, D) features after the final norm of `n` new causal slots (fed ids, modality and position, each
+        (B, n)) appended to the run in `cache`: what `decode` gives those slots over the whole run so far."""
+        x = self.embed(tokens, modality, position)  # causal slots are fed their ids, never the mask embedding
+        mask = cache.reserve(tokens.shape[1])
+        for block, layer in zip(self.decoder, cache.layers):
+            x = block.decode_step(x, mask, layer, cache.length, cache.memory_mask)
+        cache.length += tokens.shape[1]
+        return self.decoder_norm(x)
 
     def _run(self, block: Block, *args) -> torch.Tensor:
         if self.config.activation_checkpointing and self.training:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model.kv_cache import LayerCache
+
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -34,10 +36,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(x, *self.keys_values(x if context is None else context), mask)
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, v), each (B, heads, S, head_dim), of the (B, S, D) slots `source`: what the decoder cache keeps."""
+        k, v = self.kv(source).view(*source.shape[:2], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The queries of `x` (B, Q, D) against keys/values from `keys_values` (mask None: every key)."""
         batch, queries, dim = x.shape
-        source = x if context is None else context
         q = self.q(x).view(batch, queries, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(source).view(batch, source.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(batch, queries, dim))
 
@@ -66,6 +75,15 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), mask)
         if self.cross:
             x = x + self.cross_attn(self.norm_cross(x), context_mask, self.norm_context(context))
+        return x + self.mlp(self.norm2(x))
+
+    def decode_step(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache, start: int,
+                    memory_mask: torch.Tensor) -> torch.Tensor:
+        """`forward` of a decoder block for new slots `x` (B, n, D) of a causal run whose first `start` slots are
+        in `cache` (generation only): their keys/values join the cache, the memory's come from it."""
+        h = self.norm1(x)
+        x = x + self.attn.attend(h, *cache.update(start, *self.attn.keys_values(h)), mask)
+        x = x + self.cross_attn.attend(self.norm_cross(x), cache.cross_k, cache.cross_v, memory_mask)
         return x + self.mlp(self.norm2(x))
 
 
