@@ -21,11 +21,13 @@ budget; every field is present in every batch):
     dec_causal    (B, T) bool   True for autoregressive (sequence) targets
     dec_pad       (B, T) bool   True where the slot is padding; padding never contributes to the loss
 
-Beside them the loader's batches carry, for metrics and checks (the model does not read it):
+Beside them the loader's batches carry, for metrics and checks (the model reads neither):
 
     present       (B, M) bool   True where the sample has tokens of modality m (M = len(ModalityTable)): in a
                                 dataset mixture a sample carries only its dataset's modalities, and masking splits
                                 its budgets over these alone, so an absent modality has no slot at all
+    mask_strategy (B,)  int64   the masking strategy the sample was drawn (index into the masker's
+                                `strategy_names`: the config's mixture in order, the plain Dirichlet last)
 
 Decoder self-attention (as 4M): slot i attends slot j iff both belong to the same modality, j is not padding, and,
 when i is causal, dec_position[j] <= dec_position[i]. Cross-attention sees every non-padding encoder slot.
@@ -42,7 +44,8 @@ ENCODER_FIELDS = ("enc_tokens", "enc_modality", "enc_position", "enc_pad")
 DECODER_FIELDS = ("dec_input", "dec_target", "dec_modality", "dec_position", "dec_causal", "dec_pad")
 BATCH_FIELDS = ENCODER_FIELDS + DECODER_FIELDS
 PRESENT = "present"
-LOADER_FIELDS = BATCH_FIELDS + (PRESENT,)  # what the training loader yields
+STRATEGY = "mask_strategy"
+LOADER_FIELDS = BATCH_FIELDS + (PRESENT, STRATEGY)  # what the training loader yields
 BOOL_FIELDS = frozenset({"enc_pad", "dec_pad", "dec_causal", PRESENT})
 
 GRID_FAMILIES = frozenset({Family.IMAGE_LIKE, Family.FEATURE_MAP})  # 2-D sin-cos positions

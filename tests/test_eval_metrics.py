@@ -103,10 +103,11 @@ def test_baselines_by_hand():
     assert baselines.majority_value([np.array([[2, 2], [1, 255]]), np.array([1, 1])], ignore_index=255) == 1
     maps = baselines.constant_maps(2.5, [np.zeros((2, 3))])
     assert maps[0].shape == (2, 3) and (maps[0] == 2.5).all()
-    # Fit tokens: 0 x3, 1 x1 over V = 3 -> smoothed counts 4, 2, 1 (of 7). Score tokens [0, 2]:
-    # accuracy 1/2 (always 0); perplexity exp(-(ln 4/7 + ln 1/7) / 2) = 7 / 2
+    # Fit tokens: 0 x3, 1 x1 over V = 3: N = 4 tokens of T = 2 ids -> Witten-Bell 3/6, 1/6 and the unseen 2 gets
+    # T / (N + T) = 2/6. Score tokens [0, 2]: accuracy 1/2 (always 0); perplexity exp(-(ln 1/2 + ln 1/3) / 2) = sqrt 6
     accuracy, ppl = baselines.unigram_scores([np.array([0, 0, 1]), np.array([0])], [np.array([0, 2])], 3)
-    assert accuracy == pytest.approx(0.5) and ppl == pytest.approx(3.5)
+    assert accuracy == pytest.approx(0.5) and ppl == pytest.approx(6 ** 0.5)
+    assert np.exp(baselines.unigram_log_probs([np.array([0, 1, 1])], 2)) == pytest.approx([1 / 3, 2 / 3])  # all seen
 
 
 def test_edge_f1_by_hand():

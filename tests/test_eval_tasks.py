@@ -79,6 +79,44 @@ def test_target_logits_are_the_training_forward_per_sample():
     assert grid.shape == (4, table["rgb"].vocab_size) and grid_ids.tolist() == [5, 6, 7, 8]
 
 
+def test_a_whole_metadata_target_is_packed_as_the_masker_packs_it():
+    """Teacher forcing scores what training fed: the masker with every token of the sequence masked (ratio 1) makes
+    the same decoder slots, input for input, as `pack`, and the same encoder tokens of each modality."""
+    from pipeline.data.masking import Masker
+    from schemas.loading import MaskingConfig
+
+    table = ModalityTable.of([ModalitySpec.from_registry("rgb", 4), ModalitySpec.from_registry("metadata")])
+    metadata = np.array([4211, 210, 4210, 210, 4204, 762, 3])  # original_width v0=6 ... brightness v0=558, EOS
+    row = {"rgb": np.array([5, 6, 7, 8]), "metadata": metadata}
+    whole = len(metadata) + 1  # S_0, the 6 tokens, EOS
+    masker = Masker(table, MaskingConfig(input_tokens=5, target_tokens=whole, span_mask_ratio=(1.0, 1.0)))
+    trained = masker.batch([row], np.random.default_rng(0))
+    packed = pack(table, [{m: r[None] for m, r in row.items()}], ["rgb"], "metadata")
+    for name in ("dec_target", "dec_input", "dec_modality", "dec_position", "dec_causal", "dec_pad"):
+        np.testing.assert_array_equal(packed[name], trained[name], err_msg=name)
+    assert packed["dec_input"][0, 0] == 2 and packed["dec_target"][0, -1] == 3  # SOS in, EOS out
+    for modality in (0, 1):
+        def tokens(batch: dict) -> list[int]:
+            keep = (batch["enc_modality"][0] == modality) & ~batch["enc_pad"][0]
+            return batch["enc_tokens"][0][keep].tolist()
+
+        assert tokens(packed) == tokens(trained)
+
+
+def test_the_unigram_baseline_keeps_its_mass_on_the_ids_the_fit_set_used():
+    """A few thousand fit tokens of the 30k text vocabulary: an add-one unigram would put 94% of its mass on ids never
+    seen (a perplexity baseline near V that a near-uniform model beats); Witten-Bell keeps it on the seen ones."""
+    from pipeline.eval import baselines
+
+    rng = np.random.default_rng(0)
+    frequent = 300 + np.arange(50)
+    fit = [rng.choice(frequent, size=2000)]
+    probs = np.exp(baselines.unigram_log_probs(fit, 30_000))
+    assert probs.sum() == pytest.approx(1.0) and probs[frequent].sum() == pytest.approx(2000 / 2050)
+    _, ppl = baselines.unigram_scores(fit, [rng.choice(frequent, size=500)], 30_000)
+    assert ppl < 55  # about the 50 ids it draws from
+
+
 def test_read_step_prefers_the_step_the_export_records(tmp_path):
     from pipeline.eval.checkpoint import read_step
 

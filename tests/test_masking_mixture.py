@@ -1,6 +1,7 @@
 """4M-21's masking mixture: strategy shares follow their weights, modality-to-all strategies keep each side to what
 they say, concentrations concentrate or spread, configs without a mixture mask exactly as before, bad mixtures fail
-with one clear line. Pure numpy: no Ray."""
+with one clear line, and the training metrics report the share of samples each strategy masked. Pure numpy, but for
+one short pretrain on the session's Ray cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from scipy import stats
 
 from pipeline.data.masking import EOS_ID, SENTINEL_IDS, Masker
-from schemas.batch import LOADER_FIELDS, ModalitySpec, ModalityTable
+from schemas.batch import BATCH_FIELDS, LOADER_FIELDS, PRESENT, STRATEGY, ModalitySpec, ModalityTable
 from schemas.config import ConfigError, load_config
 from schemas.loading import MASKING_PRESETS, PLAIN_STRATEGY, MaskingConfig, MaskingStrategy
 from schemas.pretrain import PretrainConfig
@@ -43,6 +44,13 @@ def samples_of(table: ModalityTable, count: int, seed: int, absent: float = 0.0,
     return samples
 
 
+def masked(masker: Masker, samples: list[dict[str, np.ndarray]], rng: np.random.Generator
+           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The batch and the strategy each sample was drawn (the batch's `mask_strategy` field)."""
+    batch = masker.batch(samples, rng)
+    return batch, batch[STRATEGY]
+
+
 def live(batch: dict[str, np.ndarray], side: str, row: int) -> np.ndarray:
     """The modality index of each non-padding slot of one row on one side ("enc" or "dec")."""
     return batch[f"{side}_modality"][row][~batch[f"{side}_pad"][row]]
@@ -68,7 +76,7 @@ def test_strategy_shares_follow_their_weights():
                   MaskingStrategy(name="c", weight=0.5, target_alpha=5.0), MaskingStrategy(name="d", weight=2.0)]
     masker = Masker(table, MaskingConfig(input_tokens=16, target_tokens=16, strategies=strategies))
     assert masker.strategy_names == ("a", "b", "c", "d", PLAIN_STRATEGY)
-    _, drawn = masker.batch_with_strategies(samples_of(table, 2000, 0), np.random.default_rng(1))
+    _, drawn = masked(masker, samples_of(table, 2000, 0), np.random.default_rng(1))
     assert_shares_follow(drawn, {0: 1.0, 1: 3.0, 2: 0.5, 3: 2.0})
 
 
@@ -78,11 +86,11 @@ def test_the_4m21_preset_draws_its_six_strategies_evenly_and_skips_rgb_to_all_wi
     names = masker.strategy_names
     assert names[:-1] == tuple(s.name for s in MASKING_PRESETS.get("4m21")) and len(names) == 7
     samples = samples_of(table, 1200, 2)
-    _, drawn = masker.batch_with_strategies(samples, np.random.default_rng(3))
+    _, drawn = masked(masker, samples, np.random.default_rng(3))
     assert_shares_follow(drawn, dict.fromkeys(range(6), 1.0))
     # Without rgb, rgb -> all cannot fit: its share goes to the other five in proportion to their weights.
     without_rgb = [{k: v for k, v in s.items() if k != "rgb"} for s in samples]
-    _, drawn = masker.batch_with_strategies(without_rgb, np.random.default_rng(3))
+    _, drawn = masked(masker, without_rgb, np.random.default_rng(3))
     assert_shares_follow(drawn, dict.fromkeys([0, 1, 2, 3, 5], 1.0))
 
 
@@ -91,7 +99,7 @@ def test_rgb_to_all_inputs_only_rgb_and_never_predicts_it():
     rgb, caption = table.index("rgb"), table.index("caption")
     masker = Masker(table, MaskingConfig(input_tokens=32, target_tokens=64, preset="4m21"))
     samples = samples_of(table, 300, 4)
-    batch, drawn = masker.batch_with_strategies(samples, np.random.default_rng(5))
+    batch, drawn = masked(masker, samples, np.random.default_rng(5))
     rows = np.flatnonzero(drawn == masker.strategy_names.index("rgb_to_all"))
     assert len(rows) > 20
     for row in rows:
@@ -108,7 +116,7 @@ def test_caption_bias_feeds_the_caption_whole_and_never_predicts_it():
     caption = table.index("caption")
     masker = Masker(table, MaskingConfig(input_tokens=96, target_tokens=32, preset="4m21"))
     samples = samples_of(table, 300, 6)
-    batch, drawn = masker.batch_with_strategies(samples, np.random.default_rng(7))
+    batch, drawn = masked(masker, samples, np.random.default_rng(7))
     rows = np.flatnonzero(drawn == masker.strategy_names.index("caption_bias"))
     assert len(rows) > 20
     whole = 0
@@ -126,7 +134,7 @@ def test_low_concentration_concentrates_the_budgets_and_high_spreads_them():
     strategies = [MaskingStrategy(name="peaked", input_alpha=0.01, target_alpha=0.01),
                   MaskingStrategy(name="even", input_alpha=10.0, target_alpha=10.0)]
     masker = Masker(table, MaskingConfig(input_tokens=64, target_tokens=64, strategies=strategies))
-    batch, drawn = masker.batch_with_strategies(samples_of(table, 600, 8), np.random.default_rng(9))
+    batch, drawn = masked(masker, samples_of(table, 600, 8), np.random.default_rng(9))
     for side in ("enc", "dec"):
         counts = np.stack([(batch[f"{side}_modality"] == i).sum(1) for i in range(4)], axis=1)
         max_share = counts.max(1) / 64
@@ -137,8 +145,9 @@ def test_low_concentration_concentrates_the_budgets_and_high_spreads_them():
 
 
 def _digest(batch: dict[str, np.ndarray]) -> str:
+    """Over the fields the recorded digests were taken of (`mask_strategy` came later; its test is below)."""
     h = hashlib.sha256()
-    for name in LOADER_FIELDS:
+    for name in (*BATCH_FIELDS, PRESENT):
         h.update(name.encode())
         h.update(batch[name].tobytes())
     return h.hexdigest()[:16]
@@ -154,7 +163,7 @@ def test_configs_without_a_mixture_give_the_batches_they_gave_before(config, dig
     would move them too.)"""
     table = table_of(rgb=64, caption=None, depth=64, metadata=None)
     samples = samples_of(table, 64, 11, absent=0.2, min_words=0)  # some captions empty (EOS alone): no caption
-    batch, drawn = Masker(table, config).batch_with_strategies(samples, np.random.default_rng(12))
+    batch, drawn = masked(Masker(table, config), samples, np.random.default_rng(12))
     assert _digest(batch) == digest
     assert set(drawn.tolist()) == {0}  # everything masked by the plain Dirichlet, index 0 of ("plain",)
 
@@ -168,21 +177,21 @@ def test_one_strategy_with_the_plain_alphas_is_the_plain_masking():
         target_overrides={"depth": 2.0})])
     want = Masker(table, plain).batch(samples, np.random.default_rng(14))
     got = Masker(table, single).batch(samples, np.random.default_rng(14))
-    assert all(np.array_equal(want[name], got[name]) for name in LOADER_FIELDS)
+    assert all(np.array_equal(want[name], got[name]) for name in (*BATCH_FIELDS, PRESENT))
+    # Only the names differ: "plain" is index 0 of ("plain",), "same" index 0 of ("same", "plain").
+    assert set(want[STRATEGY].tolist()) == {0} and set(got[STRATEGY][got[PRESENT].any(1)].tolist()) == {0}
 
 
 def test_same_seed_same_mixture_batch_and_a_sample_no_strategy_fits_takes_the_plain_dirichlet():
     table = table_of(rgb=16, depth=16, caption=None, metadata=None)
     masker = Masker(table, MaskingConfig(input_tokens=24, target_tokens=24, preset="4m21"))
     samples = samples_of(table, 48, 15, absent=0.4)
-    (first, drawn), (again, redrawn) = (masker.batch_with_strategies(samples, np.random.default_rng(16))
-                                        for _ in range(2))
+    (first, drawn), (again, redrawn) = (masked(masker, samples, np.random.default_rng(16)) for _ in range(2))
     assert all(np.array_equal(first[n], again[n]) for n in LOADER_FIELDS) and np.array_equal(drawn, redrawn)
     # rgb -> all needs rgb, and caption-biased a target other than the caption: a caption-only sample fits neither.
     narrow = Masker(table, MaskingConfig(input_tokens=24, target_tokens=24, strategies=[
         s for s in MASKING_PRESETS.get("4m21") if s.name in ("rgb_to_all", "caption_bias")]))
-    batch, drawn = narrow.batch_with_strategies([{"caption": samples_of(table, 1, 17)[0]["caption"]}],
-                                                np.random.default_rng(18))
+    batch, drawn = masked(narrow, [{"caption": samples_of(table, 1, 17)[0]["caption"]}], np.random.default_rng(18))
     assert narrow.strategy_names[drawn[0]] == PLAIN_STRATEGY
     assert (~batch["enc_pad"][0]).any() and (~batch["dec_pad"][0]).any()
 
@@ -226,5 +235,47 @@ def test_the_large_recipes_train_on_the_4m21_mixture(recipe):
     assert config.masking.preset == "4m21" and len(config.masking.mixture) == 6
     table = table_of(**dict.fromkeys(config.modalities))
     masker = Masker(table, config.masking)  # every strategy fits the recipe's modalities
-    batch, drawn = masker.batch_with_strategies(samples_of(table, 8, 19), np.random.default_rng(20))
+    batch, drawn = masked(masker, samples_of(table, 8, 19), np.random.default_rng(20))
     assert (~batch["enc_pad"]).any(1).all() and (drawn < masker.strategies.plain).all()
+
+
+def test_strategy_shares_count_the_drawn_strategies_over_ranks_and_only_for_a_mixture():
+    from pipeline.train.metrics_window import StrategyShares
+
+    table = table_of(rgb=16, depth=16, caption=None)
+    strategies = [MaskingStrategy(name="a"), MaskingStrategy(name="b", weight=3.0)]
+    masker = Masker(table, MaskingConfig(input_tokens=16, target_tokens=16, strategies=strategies))
+    ranks = [StrategyShares(masker.strategy_names) for _ in range(2)]
+    drawn = []
+    for seed, rank in enumerate([0, 0, 1]):  # rank 0 steps twice in the window, rank 1 once
+        batch = masker.batch(samples_of(table, 40, seed), np.random.default_rng(seed))
+        ranks[rank].add(batch)
+        drawn.append(batch[STRATEGY])
+    shares = ranks[0].shares(np.add(ranks[0].values(), ranks[1].values()))
+    counts = np.bincount(np.concatenate(drawn), minlength=3)
+    assert shares == {"mask_share_a": counts[0] / 120, "mask_share_b": counts[1] / 120, "mask_share_plain": 0.0}
+    assert 0 < shares["mask_share_a"] < shares["mask_share_b"]
+    ranks[0].reset()
+    assert ranks[0].values() == [0.0, 0.0, 0.0]
+    plain = StrategyShares(Masker(table, MaskingConfig()).strategy_names)
+    plain.add(batch)
+    assert plain.shares(np.array(plain.values())) == {}  # no mixture: every sample plain, nothing to report
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_pretrain_run_with_a_two_strategy_mixture_logs_both_shares(tokens, tmp_path):
+    from pipeline.train.metrics import read_metrics
+    from pipeline.train.trainer import run_pretrain
+
+    mixture = ("masking.strategies=[{name: caption_in, input_alpha: 0, input_overrides: {caption: 1}}, "
+               "{name: all_to_all, weight: 2}]")
+    config = load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [
+        f"data={tokens}", f"storage_path={tmp_path / 'runs'}", "steps=4", "log_every=2", "checkpoint_every=4",
+        "workers=2", "loader.batch_size=8", "masking.input_tokens=32", "masking.target_tokens=32", mixture])
+    rows = read_metrics(run_pretrain(config)["metrics_file"])
+    assert [row["step"] for row in rows] == [2, 4]
+    for row in rows:  # 2 steps x 2 ranks x 8 samples per window; every sample has a caption, so both fit
+        shares = {key: value for key, value in row.items() if key.startswith("mask_share_")}
+        assert set(shares) == {"mask_share_caption_in", "mask_share_all_to_all", "mask_share_plain"}, row
+        assert shares["mask_share_plain"] == 0 and 0 < shares["mask_share_caption_in"] < 1, shares
+        assert sum(shares.values()) == pytest.approx(1.0) and all(v * 32 == round(v * 32) for v in shares.values())

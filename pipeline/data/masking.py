@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.data.masking_strategies import StrategyMixture, StrategyPlan
 from pipeline.tokenizers.text import EOS, NUM_SENTINELS, PAD, SOS, sentinel_token, special_tokens
-from schemas.batch import BATCH_FIELDS, BOOL_FIELDS, PRESENT, ModalityTable, ModalitySpec
+from schemas.batch import BATCH_FIELDS, BOOL_FIELDS, PRESENT, STRATEGY, ModalityTable, ModalitySpec
 from schemas.loading import MaskingConfig
 from schemas.modalities import TokenizerFamily, get_modality
 
@@ -177,16 +177,13 @@ class Masker:
         return self._indices[name] if name in self._indices else self.table.index(name)  # aliases, clear errors
 
     def batch(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Mask and pack samples into one batch of fixed-shape arrays, with the modalities each sample has."""
-        return self.batch_with_strategies(samples, rng)[0]
-
-    def batch_with_strategies(self, samples: Sequence[Mapping[str, np.ndarray]], rng: np.random.Generator
-                              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """`batch`, and the strategy each sample was masked with (indices into `strategy_names`)."""
+        """Mask and pack samples into one batch of fixed-shape arrays, with the modalities each sample has and the
+        strategy each was masked with (indices into `strategy_names`): the training metrics count those."""
         batch = empty_batch(len(samples), self.config.input_tokens, self.config.target_tokens)
         batch[PRESENT] = np.zeros((len(samples), len(self.table)), dtype=bool)
-        strategies = np.array([self.fill(batch, row, sample, rng) for row, sample in enumerate(samples)], np.int64)
-        return batch, strategies
+        batch[STRATEGY] = np.array([self.fill(batch, row, sample, rng) for row, sample in enumerate(samples)],
+                                   np.int64)
+        return batch
 
     def fill(self, batch: dict[str, np.ndarray], row: int, sample: Mapping[str, np.ndarray],
              rng: np.random.Generator) -> int:

@@ -47,7 +47,8 @@ def train_loop(loop_config: dict) -> None:
 
     # Rank 0 writes the metrics into the run directory through Storage: it may be on another node than the driver.
     metrics = RunMetrics(Storage(loop_config["run_dir"], config.storage)) if rank == 0 else None
-    window = MetricsWindow(table, resolve(config.model), device, total_peak, counts)
+    window = MetricsWindow(table, resolve(config.model), device, total_peak, counts,
+                           strategies=loader.masker.strategy_names)
     cadence = Cadence(config.steps, config.log_every, config.checkpoint_every, frozenset(config.checkpoint_steps))
     batches = endless(loader)
     while step < config.steps:

@@ -62,7 +62,9 @@ class RunMetrics:
                 for rank, gib in enumerate(value):
                     self.events.add_scalar(f"peak_rss_gib/rank{rank}", gib, step)
             elif name != "step":
-                self.events.add_scalar(name.replace("loss_", "loss/"), value, step)
+                # One TensorBoard group per family: loss/<modality>, mask_share/<strategy>.
+                self.events.add_scalar(name.replace("loss_", "loss/").replace("mask_share_", "mask_share/"), value,
+                                       step)
         # The losses again against tokens and FLOPs seen, so that runs of different sizes share an x axis.
         for prefix, (column, unit) in BY.items():
             if column in report:

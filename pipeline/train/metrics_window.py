@@ -6,6 +6,7 @@ modality's a mean over all ranks' target tokens of it, not one micro-batch of ra
 its batches the same way). `MetricsWindow` adds the window's
 tokens, samples and model FLOPs (for throughput and MFU) and the run's cumulative counts, which a scaling-law study
 plots against: each rank keeps its own totals (saved in its checkpoint), and a row reports their sum over ranks.
+With a masking mixture, `StrategyShares` adds the share of the window's samples each strategy masked.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from pipeline.model.sizes import Dims
 from pipeline.train.throughput import batch_flops, mfu
-from schemas.batch import ModalityTable
+from schemas.batch import STRATEGY, ModalityTable
 
 
 def gather_rows(values: list[float], device) -> np.ndarray:
@@ -74,6 +75,32 @@ class LossSums:
         self._counts[:] = 0
 
 
+class StrategyShares:
+    """How many samples each masking strategy masked since the reset, from the strategy index every loader batch
+    carries (`mask_strategy`, numpy on the host: counting costs no device sync). Reported only for a run with a
+    mixture: without one every sample takes the plain Dirichlet and a share of 1 says nothing."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names if len(names) > 1 else ()
+        self._counts = np.zeros(len(self.names))
+
+    def add(self, batch: dict) -> None:
+        if self.names:
+            self._counts += np.bincount(np.asarray(batch[STRATEGY]), minlength=len(self.names))
+
+    def values(self) -> list[float]:
+        return self._counts.tolist()
+
+    def shares(self, summed: np.ndarray) -> dict[str, float]:
+        """`values()` added over ranks -> {mask_share_<strategy>: share of the samples}, every strategy, 0 included
+        (a plain share above 0 counts the samples no strategy of the mixture fitted)."""
+        total = float(np.sum(summed))
+        return {f"mask_share_{name}": float(n) / total for name, n in zip(self.names, summed)} if total else {}
+
+    def reset(self) -> None:
+        self._counts[:] = 0
+
+
 def target_counts(batch: dict, modalities: int) -> np.ndarray:
     """Live target slots per modality index of one batch (numpy or CPU tensors: no device sync)."""
     live = ~np.asarray(batch["dec_pad"])
@@ -108,10 +135,12 @@ class MetricsWindow:
     """One rank's counts since the last row, and since the run began; `row` reduces them over every rank."""
 
     def __init__(self, table: ModalityTable, dims: Dims, device, total_peak_flops: float,
-                 run_counts: RunCounts | None = None):
+                 run_counts: RunCounts | None = None, strategies: tuple[str, ...] = ()):
+        """`strategies`: the masker's `strategy_names`, whose shares the rows report (none: no shares)."""
         self.dims, self.device, self.total_peak = dims, device, total_peak_flops
         self.vocab_sizes = np.array([s.vocab_size for s in table.specs])
         self.losses = LossSums(table, device)
+        self.strategies = StrategyShares(strategies)
         self.run = run_counts or RunCounts()
         self.window = RunCounts()
         self.restart_clock()
@@ -126,22 +155,23 @@ class MetricsWindow:
         self.window.add(counts)
         self.run.add(counts)
         self.losses.add(out, batch)
+        self.strategies.add(batch)
 
     def row(self) -> dict:
         """The metrics row of this window over every rank (a collective: every rank calls it), then a new window.
         Throughput is the window's; `*_seen` are the run's totals."""
         seconds = time.perf_counter() - self.started
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        n = len(self.window.as_list())
-        per_rank = gather_rows([memory, *self.window.as_list(), *self.run.as_list(), *self.losses.values()],
-                               self.device)
+        n, k = len(self.window.as_list()), len(self.strategies.values())
+        per_rank = gather_rows([memory, *self.window.as_list(), *self.run.as_list(), *self.strategies.values(),
+                                *self.losses.values()], self.device)
         summed = per_rank.sum(axis=0)
         window = dict(zip(self.run.__dataclass_fields__, summed[1:1 + n]))
         run = dict(zip(self.run.__dataclass_fields__, summed[1 + n:1 + 2 * n]))
         tokens = window["input_tokens_seen"] + window["target_tokens_seen"]
-        means = self.losses.means(summed[1 + 2 * n:], "loss")
+        means = self.losses.means(summed[1 + 2 * n + k:], "loss")
         row = {
-            "loss": means.pop("loss"), **means,
+            "loss": means.pop("loss"), **means, **self.strategies.shares(summed[1 + 2 * n:1 + 2 * n + k]),
             "tokens_per_s": tokens / seconds, "samples_per_s": window["samples_seen"] / seconds,
             "flops_per_s": window["flops_seen"] / seconds, "mfu": mfu(window["flops_seen"], seconds, self.total_peak),
             "peak_flops": self.total_peak,
@@ -150,6 +180,7 @@ class MetricsWindow:
             **{name: int(value) for name, value in run.items()},
         }
         self.losses.reset()
+        self.strategies.reset()
         self.window = RunCounts()
         self.restart_clock()
         return row
