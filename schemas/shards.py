@@ -94,7 +94,7 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a reader may hold 10^6 rows of a folder; no __dict__ per row
 class ManifestRow:
     """One manifest row: a committed shard of one folder (see MANIFEST_SCHEMA for what each field holds)."""
 

@@ -60,6 +60,6 @@ def verify_output(storage: Storage) -> OutputSummary:
 
 def iter_members(storage: Storage, folder: str):
     """(key, payload) of every sample of one folder, shard by shard, as the manifest lists them."""
-    for row in folder_rows(read_manifest(storage), folder):
+    for row in folder_rows(read_manifest(storage, [folder]), folder):
         for key, fields in iterate_shard(storage.read_bytes(row.uri)):
             yield key, next(iter(fields.values()))

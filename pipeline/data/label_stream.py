@@ -30,7 +30,7 @@ _READS = LoaderConfig()
 def label_shards(storage: Storage, modality: str) -> list[str]:
     """The modality's shard paths in shard order, from the manifest (never a directory listing)."""
     folder = get_modality(modality).name
-    rows = folder_rows(read_manifest(storage), folder)
+    rows = folder_rows(read_manifest(storage, [folder]), folder)
     if not rows:
         raise FileNotFoundError(f"{storage.uri()} has no {folder} label shards in its manifest")
     return [r.uri for r in rows]

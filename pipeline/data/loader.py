@@ -155,7 +155,7 @@ class TokenShardLoader(ResumableBatches):
         for name in self.modalities:
             table.index(name)  # fails clearly for a modality outside the run's table
         self.masker = Masker(table, masking)
-        manifest = read_manifest(self.storage)
+        manifest = read_manifest(self.storage, [token_folder(m) for m in self.modalities])
         verify_shard_listing(self.storage, manifest, [token_folder(m) for m in self.modalities], sizes=False)
         self.tokenizers = {m: folder_tokenizer(manifest, token_folder(m)) for m in self.modalities}
         all_shards = list_token_shards(self.storage, self.modalities, manifest)

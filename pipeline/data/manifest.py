@@ -6,11 +6,13 @@ gets typed `ManifestRow`s, never the table's dicts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.data.storage import Storage
@@ -37,13 +39,38 @@ class MissingManifestError(FileNotFoundError):
     """The root holds no manifest: not a Tessera output (an ml-4m-style folder becomes one through jobs.import_ml4m)."""
 
 
-def read_manifest(storage: Storage) -> list[ManifestRow]:
-    """Every row of the output's manifest, in (folder, shard) order."""
-    return list(iter_manifest(storage))
+def read_manifest(storage: Storage, folders: Iterable[str] | None = None) -> list[ManifestRow]:
+    """The manifest's rows in (folder, shard) order: every row, or only those of `folders`. A reader that knows its
+    folders gives them: the other folders' row groups are never read, and the process holds their rows alone
+    (docs/scaling.md, "What reads the manifest")."""
+    return list(iter_manifest(storage, folders))
 
 
-def iter_manifest(storage: Storage) -> Iterator[ManifestRow]:
-    """The manifest's rows one row group at a time, for a reader that must not hold millions of them at once."""
+def iter_manifest(storage: Storage, folders: Iterable[str] | None = None) -> Iterator[ManifestRow]:
+    """The manifest's rows (of `folders` only, if given) one row group at a time, for a reader that must not hold
+    millions of them at once."""
+    wanted = None if folders is None else sorted(set(folders))
+    shared: dict = {}  # one object per distinct value of the repeated columns, for this read (see _rows)
+    with _open_manifest(storage) as table:
+        for batch in table.iter_batches(batch_size=ROW_GROUP_ROWS, row_groups=_row_groups(table, wanted)):
+            _require_versions(batch.column("format_version"))
+            if wanted is not None:
+                batch = batch.filter(pc.is_in(batch.column("folder"), pa.array(wanted, pa.string())))
+            yield from _rows(batch, shared)
+
+
+def manifest_folders(storage: Storage) -> list[str]:
+    """The folders the manifest lists, sorted, read from its `folder` column alone (never as rows)."""
+    found: set[str] = set()
+    with _open_manifest(storage) as table:
+        for batch in table.iter_batches(batch_size=ROW_GROUP_ROWS, columns=["folder", "format_version"]):
+            _require_versions(batch.column("format_version"))
+            found.update(pc.unique(batch.column("folder")).to_pylist())
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def _open_manifest(storage: Storage) -> Iterator[pq.ParquetFile]:
     try:
         handle = storage.open(MANIFEST_FILE)
     except FileNotFoundError:
@@ -51,13 +78,56 @@ def iter_manifest(storage: Storage) -> Iterator[ManifestRow]:
             f"{storage.uri()} has no {MANIFEST_FILE}, so it is not a Tessera output; if it is an ml-4m-style folder, "
             f"import it first: python -m jobs.import_ml4m {storage.uri()} --output DST") from None
     with handle:
-        table = pq.ParquetFile(handle)
-        for batch in table.iter_batches(batch_size=ROW_GROUP_ROWS):
-            versions = set(batch.column("format_version").to_pylist())
-            if versions - {FORMAT_VERSION}:
-                raise OutputCorruptError(f"manifest has format versions {versions}; this Tessera reads "
-                                         f"{FORMAT_VERSION}")
-            yield from (ManifestRow.from_dict(row) for row in batch.to_pylist())
+        yield pq.ParquetFile(handle)
+
+
+def _require_versions(column: pa.Array) -> None:
+    versions = set(pc.unique(column).to_pylist())
+    if versions - {FORMAT_VERSION}:
+        raise OutputCorruptError(f"manifest has format versions {versions}; this Tessera reads {FORMAT_VERSION}")
+
+
+def _row_groups(table: pq.ParquetFile, folders: list[str] | None) -> list[int]:
+    """The row groups that may hold rows of `folders` (all of them for None), by each group's min and max folder:
+    the manifest is written sorted by folder, so one folder's rows sit in a few adjacent groups."""
+    groups = range(table.metadata.num_row_groups)
+    if folders is None:
+        return list(groups)
+    kept = []
+    for index in groups:
+        group = table.metadata.row_group(index)
+        stats = next(group.column(j) for j in range(group.num_columns)
+                     if group.column(j).path_in_schema == "folder").statistics
+        if stats is None or not stats.has_min_max or any(stats.min <= f <= stats.max for f in folders):
+            kept.append(index)
+    return kept
+
+
+# Columns whose values repeat across rows: every row of a folder has its folder, modality and tokenizer; the 24
+# folders of one shard share its source units; most shards hold the same number of samples.
+_REPEATED = ("folder", "modality", "tokenizer_id", "tokenizer_hash", "samples", "format_version")
+
+
+def _rows(batch: pa.RecordBatch, shared: dict) -> Iterator[ManifestRow]:
+    """The batch's rows as ManifestRows, built from its columns (no table of dicts), with one object per distinct
+    value of the repeated columns: 10^6 rows of a folder share one `folder` string instead of holding 10^6 copies.
+    `shared` lives for one read, not for the process as `sys.intern`'s table would: source unit labels are millions
+    of distinct strings that must go when the rows do. A column the manifest predates (`longest_row`) takes its
+    default."""
+    columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+    for name in _REPEATED:
+        if name in columns:
+            columns[name] = [_share(shared, value) for value in columns[name]]
+    columns["source_units"] = [_share(shared, tuple(_share(shared, unit) for unit in units))
+                               for units in columns["source_units"]]
+    names = list(columns)
+    for values in zip(*columns.values()):
+        yield ManifestRow(**dict(zip(names, values)))
+
+
+def _share(shared: dict, value):
+    """The one object `shared` holds equal to `value` (which becomes it if none is)."""
+    return shared.setdefault(value, value)
 
 
 def folder_rows(rows: Iterable[ManifestRow], folder: str) -> list[ManifestRow]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.loader import Part, ResumableBatches, TokenShardLoader
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import manifest_folders, read_manifest
 from pipeline.data.masking import Masker
 from pipeline.data.output_checks import folder_tokenizer
 from pipeline.data.storage import Storage
@@ -60,7 +60,7 @@ def resolve_mixture(entries: Sequence[DatasetEntry], run_modalities: Sequence[st
     run = [get_modality(name).name for name in run_modalities]
     sources = []
     for entry, weight in zip(entries, mixture_weights(entries)):
-        folders = {row.folder for row in read_manifest(Storage(entry.path, storage_config or StorageConfig()))}
+        folders = manifest_folders(Storage(entry.path, storage_config or StorageConfig()))
         if entry.modalities is None:
             modalities = tuple(m for m in run if token_folder(m) in folders)
             if not modalities:
@@ -87,7 +87,8 @@ def mixture_table(sources: Sequence[MixtureSource], run_modalities: Sequence[str
     must agree on its tokenizer (the same ids must mean the same tokens) and its row length."""
     specs: dict[str, tuple] = {}  # modality -> (spec, tokenizer hash, dataset name)
     for source in sources:
-        manifest = read_manifest(Storage(source.path, storage_config or StorageConfig()))
+        manifest = read_manifest(Storage(source.path, storage_config or StorageConfig()),
+                                 [token_folder(get_modality(m).name) for m in source.modalities])
         table = modality_table_from_output(source.path, source.modalities, storage_config, vocab_sizes)
         for spec in table.specs:
             tokenizer = folder_tokenizer(manifest, token_folder(spec.name))

@@ -36,7 +36,8 @@ def _palette_strip(payload: bytes, height: int = 16, width: int = 112) -> np.nda
 
 def write_preview(storage: Storage, path: str, samples: int = 6) -> None:
     """PNG grid of the first samples of shard 0: RGB, Canny edges, palette, caption (what the output holds)."""
-    rows = {r.folder: r for r in read_manifest(storage) if r.shard == 0}
+    rows = {r.folder: r for r in read_manifest(storage, ("rgb", "canny_edge", "color_palette", "caption"))
+            if r.shard == 0}
     columns = [f for f in ("rgb", "canny_edge", "color_palette") if f in rows]
     shards = {folder: list(iterate_shard(storage.read_bytes(rows[folder].uri)))[:samples] for folder in columns}
     captions = list(iterate_shard(storage.read_bytes(rows["caption"].uri)))[:samples] if "caption" in rows else []

@@ -41,8 +41,8 @@ class TokenShard:
 def list_token_shards(storage: Storage, modalities: Sequence[str],
                       manifest: Sequence[ManifestRow] | None = None) -> list[TokenShard]:
     """Shards that hold every requested token folder, from the manifest (never a directory listing)."""
-    manifest = read_manifest(storage) if manifest is None else manifest
     folders = [token_folder(m) for m in modalities]
+    manifest = read_manifest(storage, folders) if manifest is None else manifest
     rows: dict[int, dict[str, ManifestRow]] = {}
     for folder in folders:
         for row in folder_rows(manifest, folder):
@@ -141,7 +141,7 @@ def modality_table_from_output(root: str, modalities: Sequence[str], storage_con
     is an error.
     """
     storage = Storage(root, storage_config or StorageConfig())
-    manifest = read_manifest(storage)
+    manifest = read_manifest(storage, [token_folder(get_modality(name).name) for name in modalities])
     specs = []
     for name in modalities:
         modality = get_modality(name)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.manifest import folder_rows, read_manifest
+from pipeline.data.manifest import folder_rows, manifest_folders, read_manifest
 from pipeline.data.output_checks import folder_tokenizer, require_tokenizer
 from pipeline.data.storage import Storage
 from pipeline.data.tar_io import iterate_shard
@@ -73,7 +73,8 @@ class TaskContext:
         tokenizer = load_tokenizer_from(directory, self.config.storage)
         for path in self.config.datasets().values():  # every dataset holding the modality must have used it
             storage = Storage(path, self.config.storage)
-            require_tokenizer(read_manifest(storage), modality, tokenizer.content_hash, storage.uri())
+            require_tokenizer(read_manifest(storage, [token_folder(modality)]), modality, tokenizer.content_hash,
+                              storage.uri())
         return tokenizer
 
     @functools.cached_property
@@ -125,7 +126,7 @@ def dataset_for(config: EvaluateConfig, task: Task) -> str:
     wanted = [token_folder(m) for m in split.modalities] + list(split.aux) if isinstance(split, TokenSplit) else []
     held = {}
     for name, path in datasets.items():
-        held[name] = {row.folder for row in read_manifest(Storage(path, config.storage))}
+        held[name] = set(manifest_folders(Storage(path, config.storage)))
         if set(wanted) <= held[name]:
             return path
     raise ValueError(f"task {task.name!r} reads {wanted}, which no dataset of data holds whole: "
@@ -134,7 +135,7 @@ def dataset_for(config: EvaluateConfig, task: Task) -> str:
 
 def read_split(storage: Storage, split: TokenSplit, max_samples: int) -> list[EvalSample]:
     """Token rows of `split.modalities` plus the aux folders' members, shard by shard, keys aligned."""
-    manifest = read_manifest(storage)
+    manifest = read_manifest(storage, [*map(token_folder, split.modalities), *split.aux])
     for modality in split.modalities:
         folder_tokenizer(manifest, token_folder(modality))  # one tokenizer per folder, or refused
     aux_rows = {(folder, row.shard): row for folder in split.aux for row in folder_rows(manifest, folder)}

@@ -192,15 +192,15 @@ class RunInventory:
 
     @classmethod
     def of(cls, config: EvaluateConfig, checkpoint: str | None) -> RunInventory:
-        from pipeline.data.manifest import read_manifest
+        from pipeline.data.manifest import manifest_folders
         from pipeline.data.storage import Storage
         from pipeline.eval.checkpoint import read_modalities
 
         return cls(
             frozenset(read_modalities(checkpoint, config.storage)) if checkpoint else None,
             # over several datasets, the union: a task whose folders no one dataset holds fails naming them
-            frozenset(row.folder for path in config.datasets().values()
-                      for row in read_manifest(Storage(path, config.storage)))
+            frozenset(folder for path in config.datasets().values()
+                      for folder in manifest_folders(Storage(path, config.storage)))
             if config.data is not None else None,
             frozenset(config.tokenizers))
 

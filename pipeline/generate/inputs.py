@@ -1,5 +1,5 @@
-"""The samples generation starts from: token rows read from a preprocess output, or image files encoded by the
-given modality's tokenizer."""
+"""The samples generation starts from: token rows read from a preprocess output, image files encoded by the
+given modality's tokenizer, or text prompts encoded by the caption's WordPiece tokenizer (one reader each)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.manifest import read_manifest
 from pipeline.data.storage import Storage
 from pipeline.data.token_shards import list_token_shards, read_token_shard
 from pipeline.tokenizers.base import Tokenizer
 from pipeline.tokenizers.codecs import read_member
+from pipeline.tokenizers.text import TextTokenizer
 from schemas.common import StorageConfig
 from schemas.keys import in_holdout, sanitize_key
 from schemas.modalities import get_modality
@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 class InputSample:
     key: str
     rows: dict[str, np.ndarray]  # modality -> 1-D token ids (sequences end with EOS)
+    prompt: str | None = None  # the text as given, for a sample that is a prompt
 
 
 def is_token_output(uri: str, storage: StorageConfig) -> bool:
@@ -43,7 +44,7 @@ def read_token_samples(uri: str, modalities: Sequence[str], count: int, holdout_
     with a token row of every modality; the first crop of each."""
     store = Storage(uri, storage)
     samples: list[InputSample] = []
-    for shard in list_token_shards(store, list(modalities), read_manifest(store)):
+    for shard in list_token_shards(store, list(modalities)):
         for key, rows in read_token_shard(store, shard):
             if holdout_fraction and not in_holdout(key, holdout_fraction):
                 continue
@@ -93,3 +94,41 @@ def read_image_files(spec: str, modality: str, tokenizer: Tokenizer, count: int)
         (ids,) = tokenizer.encode([array])
         samples.append(InputSample(sanitize_key(path.stem), {modality: np.asarray(ids, np.int64)}))
     return samples
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """A local text file's prompts: one a line, surrounding spaces and blank lines dropped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompt file {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path}: no prompt in it (one a line)")
+    return prompts
+
+
+def prompt_key(index: int, prompt: str) -> str:
+    """Stable and path-safe: the prompt's position (a prompt may be repeated for another draw) and its start."""
+    return sanitize_key(f"prompt-{index:03d}-{prompt[:48]}")
+
+
+def read_prompts(prompts: Sequence[str], modality: str, tokenizer: Tokenizer) -> list[InputSample]:
+    """Each prompt as one sample of `modality`, encoded exactly as the preprocess tokenize stage encodes that
+    modality's text members. A prompt over the modality's token bound is an error: the stage would cut it at a
+    word, and the model would be conditioned on less than the prompt the outputs are labelled with."""
+    if not isinstance(tokenizer, TextTokenizer):
+        raise ValueError(f"prompts are text; the {modality} tokenizer is a {tokenizer.family.value} tokenizer "
+                         f"({tokenizer.tokenizer_id}), not WordPiece")
+    bound = get_modality(modality).token_budget - 1  # EOS closes every row
+    for index, count in enumerate(tokenizer.token_counts(prompts)):
+        if count == 0:  # e.g. only characters the normaliser drops
+            raise ValueError(f"prompt {index + 1} holds no token of {tokenizer.tokenizer_id}: {prompts[index]!r}")
+        if count > bound:
+            raise ValueError(f"prompt {index + 1} is {count} tokens; a {modality} holds {bound}: shorten it "
+                             f"({prompts[index][:40]!r}...)")
+    rows = tokenizer.member_rows(modality, [prompt.encode("utf-8") for prompt in prompts])
+    return [InputSample(prompt_key(i, prompt), {modality: np.asarray(row, np.int64)}, prompt)
+            for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True))]

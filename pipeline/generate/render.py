@@ -8,7 +8,8 @@ decodes (never on the modality's name):
     classes                 a palette-coloured PNG and the class ids as .npy
     binary (edges)          a grey PNG
     features, vectors, 1-D  .npy (the sheet shows the codec's preview, colour-mapped)
-    WordPiece sequences     .txt, and .json of the serializer's parse where it gives a record (palette, boxes...)
+    WordPiece sequences     .txt, and .json of the serializer's parse where it gives a record (palette, boxes...);
+                            a record with a picture (RECORD_PICTURES: a palette's colour swatches) also as a PNG
     fitted families         .json of the decoded record (table rows, graphs)
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +30,14 @@ from pipeline.tokenizers.base import Tokenizer
 from pipeline.tokenizers.neural import NeuralTokenizer
 from pipeline.tokenizers.sequence import SERIALIZERS
 from pipeline.tokenizers.text import TextTokenizer
+from schemas.labels import read_palette
 from schemas.modalities import Values, get_modality
 
 IGNORE_CLASS = 255
 # A fixed palette: class c gets the same colour in every file and every run; the ignore label stays black.
 _PALETTE = np.random.default_rng(0).integers(40, 256, size=(256, 3), dtype=np.uint8)
 _PALETTE[IGNORE_CLASS] = 0
+SWATCH = 32  # pixels a side of one colour stripe of a palette's picture
 
 
 @dataclass
@@ -88,6 +92,19 @@ def map_files(values: Values | None, array: np.ndarray, preview: np.ndarray) -> 
     return Rendered({"npy": npy(array)}, colour_map(preview if preview.ndim == 2 else preview.reshape(1, -1)))
 
 
+def palette_swatches(record: Any) -> np.ndarray | None:
+    """A palette record as a square of vertical stripes, one per colour in the record's order (most frequent
+    first); None when it holds no colour."""
+    colors = np.clip(np.asarray(read_palette(record).colors, np.int64).reshape(-1, 3), 0, 255).astype(np.uint8)
+    if not len(colors):
+        return None
+    return np.repeat(np.repeat(colors[None], SWATCH * len(colors), axis=0), SWATCH, axis=1)
+
+
+# Serializer records that are also drawn (files get a PNG; the contact sheet shows the picture, not the text).
+RECORD_PICTURES: dict[str, Callable[[Any], np.ndarray | None]] = {"color_palette": palette_swatches}
+
+
 def _json_ready(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
@@ -108,7 +125,7 @@ def render(modality: str, tokenizer: Tokenizer, row: np.ndarray) -> Rendered:
     row = np.asarray(row, np.int64).reshape(1, -1)
     if isinstance(tokenizer, TextTokenizer):
         text = tokenizer.decode(row)[0]
-        files = {"txt": (text + "\n").encode("utf-8")}
+        files, picture = {"txt": (text + "\n").encode("utf-8")}, None
         if name in SERIALIZERS:
             try:
                 record = SERIALIZERS.get(name).parse(text)
@@ -116,7 +133,10 @@ def render(modality: str, tokenizer: Tokenizer, row: np.ndarray) -> Rendered:
                 record = text
             if not isinstance(record, str):
                 files["json"] = to_json(record)
-        return Rendered(files, text=text)
+                picture = RECORD_PICTURES[name](record) if name in RECORD_PICTURES else None
+                if picture is not None:
+                    files["png"] = png(picture)
+        return Rendered(files, picture, text=text)
     if isinstance(tokenizer, NeuralTokenizer):
         (array,) = tokenizer.decode(row)
         return map_files(get_modality(name).values, array, tokenizer.codec.preview(array))

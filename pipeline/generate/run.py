@@ -3,7 +3,10 @@
 Output (DIR = config.out, local or s3://):
 
     DIR/<sample>/<modality>.{png,txt,json,npy}   every given and generated modality, decoded by its tokenizer
-    DIR/contact_sheet.png                         one row per sample: inputs beside outputs
+    DIR/<sample>/prompt.txt                       a prompt sample's text as given (its caption row is the text
+                                                  as the tokenizer reads it: lowercased, unknown pieces [UNK])
+    DIR/contact_sheet.png                         one row per sample (labelled by its prompt or key): inputs
+                                                  beside outputs
     DIR/generation.json                           the settings and, per sample, the files written
 """
 
@@ -17,15 +20,23 @@ from pipeline.data.output_checks import require_tokenizer
 from pipeline.data.storage import Storage
 from pipeline.data.tokenize import load_tokenizer_from
 from pipeline.generate.chain import generate
-from pipeline.generate.inputs import InputSample, is_token_output, read_image_files, read_token_samples
+from pipeline.generate.inputs import (
+    InputSample,
+    is_token_output,
+    read_image_files,
+    read_prompt_file,
+    read_prompts,
+    read_token_samples,
+)
 from pipeline.generate.render import Rendered, render
 from pipeline.generate.sheet import contact_sheet
 from pipeline.model.fourm import FourM
 from pipeline.tokenizers.base import Tokenizer
 from schemas.batch import ModalityTable
 from schemas.generate import GenerateConfig
+from schemas.shards import token_folder
 
-SHEET, SUMMARY = "contact_sheet.png", "generation.json"
+SHEET, SUMMARY, PROMPT = "contact_sheet.png", "generation.json", "prompt.txt"
 
 
 def request_problems(config: GenerateConfig, model_modalities: Sequence[str]) -> list[str]:
@@ -48,15 +59,20 @@ def load_tokenizers(config: GenerateConfig) -> dict[str, Tokenizer]:
     the modality's folder (another would read the ids with another vocabulary)."""
     tokenizers = {m: load_tokenizer_from(config.tokenizers[m], config.storage)
                   for m in (*config.from_modalities, *config.to_modalities)}
-    if is_token_output(config.input, config.storage):
+    if config.input and is_token_output(config.input, config.storage):
         store = Storage(config.input, config.storage)
-        manifest = read_manifest(store)
+        manifest = read_manifest(store, [token_folder(m) for m in config.from_modalities])
         for modality in config.from_modalities:
             require_tokenizer(manifest, modality, tokenizers[modality].content_hash, store.uri())
     return tokenizers
 
 
 def read_inputs(config: GenerateConfig, tokenizers: dict[str, Tokenizer]) -> list[InputSample]:
+    """The samples to generate for, encoded: read before any weights, so that a bad input fails at once."""
+    if config.prompted:  # the config admits prompts with --from caption alone
+        prompts = [*config.prompts, *(read_prompt_file(config.prompt_file) if config.prompt_file else ())]
+        (modality,) = config.from_modalities
+        return read_prompts(prompts, modality, tokenizers[modality])
     if is_token_output(config.input, config.storage):
         return read_token_samples(config.input, config.from_modalities, config.samples, config.holdout_fraction,
                                   config.storage)
@@ -67,9 +83,8 @@ def read_inputs(config: GenerateConfig, tokenizers: dict[str, Tokenizer]) -> lis
 
 
 def run_generation(config: GenerateConfig, model: FourM, table: ModalityTable, tokenizers: dict[str, Tokenizer],
-                   log: Callable[[str], None] = print) -> dict:
-    """Generate for the configured samples and write every file; returns the summary written to generation.json."""
-    samples = read_inputs(config, tokenizers)
+                   samples: Sequence[InputSample], log: Callable[[str], None] = print) -> dict:
+    """Generate for `samples` (read_inputs) and write every file; returns the summary written to generation.json."""
     log(f"{len(samples)} samples: {', '.join(config.from_modalities)} -> {', '.join(config.to_modalities)}")
     vocab = {m: tokenizers[m].vocab_size for m in config.to_modalities}
     rows = generate(model, table, [s.rows for s in samples], config.to_modalities, config.sampling, vocab,
@@ -82,6 +97,9 @@ def run_generation(config: GenerateConfig, model: FourM, table: ModalityTable, t
         rendered = [render(m, tokenizers[m], row[m]) for m in columns]
         cells.append(rendered)
         entry: dict = {"files": {}, "text": {}}
+        if sample.prompt is not None:
+            out.write_atomic(f"{sample.key}/{PROMPT}", (sample.prompt + "\n").encode("utf-8"))
+            entry["prompt"] = sample.prompt
         for modality, result in zip(columns, rendered):
             for ext, payload in result.files.items():
                 out.write_atomic(f"{sample.key}/{modality}.{ext}", payload)
@@ -89,8 +107,8 @@ def run_generation(config: GenerateConfig, model: FourM, table: ModalityTable, t
             if result.text is not None:
                 entry["text"][modality] = result.text
         written[sample.key] = entry
-    out.write_atomic(SHEET, contact_sheet([s.key for s in samples], columns, cells,
-                                          [m in config.to_modalities for m in columns]))
+    labels = [s.key if s.prompt is None else f'"{s.prompt}"' for s in samples]
+    out.write_atomic(SHEET, contact_sheet(labels, columns, cells, [m in config.to_modalities for m in columns]))
     summary = {"checkpoint": config.checkpoint, "input": config.input, "from": list(config.from_modalities),
                "to": list(config.to_modalities), "sampling": config.sampling.model_dump(), "seed": config.seed,
                "contact_sheet": out.uri(SHEET), "samples": written}

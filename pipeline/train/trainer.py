@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from pipeline.data.manifest import MissingManifestError, read_manifest
+from pipeline.data.manifest import MissingManifestError, manifest_folders
 from pipeline.data.storage import Storage
 from pipeline.train.callbacks import StepCallback
 from pipeline.train.loop import train_loop
@@ -33,7 +33,7 @@ def require_data(config: PretrainConfig) -> None:
     paths = [config.data] if isinstance(config.data, str) else [entry.path for entry in config.data]
     try:  # before a Ray instance starts: a folder that is no Tessera output fails in one line
         for path in paths:
-            read_manifest(Storage(path, config.storage))
+            manifest_folders(Storage(path, config.storage))
     except MissingManifestError as exc:
         raise ConfigError(f"data: {exc}") from None
 
