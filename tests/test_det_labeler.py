@@ -216,24 +216,48 @@ def test_parse_boxes_inverts_the_det_tokens(wordpiece):
     assert mean_average_precision([as_prediction(found)], [expected]) == 1.0
 
 
-def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(wordpiece):
-    """Each greedy token must be the argmax (over allowed ids) of the teacher-forced logits at its position, given
-    the tokens greedy chose before it: the step-by-step decoder and the training forward see the same thing."""
-    vocab = wordpiece.vocab_size
+@pytest.fixture(scope="module")
+def det_model(wordpiece):
+    """A random-weight tiny model of rgb and det (bound 12), and three eval rows (n_crops, n), target included."""
     table = ModalityTable.of([ModalitySpec("rgb", Family.IMAGE_LIKE, 64, 16, (4, 4)),
-                              ModalitySpec("det", Family.SEQUENCE, vocab, 12)])
+                              ModalitySpec("det", Family.SEQUENCE, wordpiece.vocab_size, 12)])
     torch.manual_seed(0)
     model = EvalModel(build_model(ModelConfig(size="tiny"), table).eval(), table)
     rng = np.random.default_rng(0)
-    rows = [{"rgb": rng.integers(0, 64, 16), "det": np.array([wordpiece.eos_id])} for _ in range(3)]
-    runs = greedy_runs(model, rows, ("rgb",), "det", vocab, batch_size=2)
-    assert len(runs) == 3 and all(len(ids) <= 11 for ids, _ in runs)  # bound 12: the sentinel + 11 tokens at most
+    rows = [{"rgb": rng.integers(0, 64, (1, 16)), "det": np.array([[wordpiece.eos_id]])} for _ in range(3)]
+    return model, rows
+
+
+def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(wordpiece, det_model):
+    """Each greedy token must be the argmax (over allowed ids) of the teacher-forced logits at its position, given
+    the tokens greedy chose before it, and its log-probability theirs: the step-by-step decoder and the training
+    forward see the same thing."""
     from pipeline.data.masking import EOS_ID, SENTINEL_IDS, SOS_ID
 
+    model, rows = det_model
+    vocab = wordpiece.vocab_size
+    runs = greedy_runs(model, rows, ("rgb",), "det", vocab, batch_size=2)
+    assert len(runs) == 3 and all(len(ids) <= 10 for ids, _ in runs)  # bound 12: S_0, 10 tokens at most, EOS
     banned = [0, SOS_ID, *SENTINEL_IDS]
     forced = [{"rgb": row["rgb"], "det": np.concatenate([ids, [EOS_ID]])} for row, (ids, _) in zip(rows, runs)]
     for (ids, logps), (logits, _) in zip(runs, model.target_logits(forced, ("rgb",), "det")):
         logits = logits[:, :vocab].copy()
         logits[:, banned] = -np.inf
         assert logits[1:len(ids) + 1].argmax(-1).tolist() == ids.tolist()
-        assert np.all(logps <= 0)
+        expected = torch.from_numpy(logits[1:len(ids) + 1]).log_softmax(-1).numpy()[np.arange(len(ids)), ids]
+        np.testing.assert_allclose(logps, expected, atol=1e-4)
+
+
+def test_det_eval_decodes_what_generation_decodes_at_temperature_zero(wordpiece, det_model):
+    """The eval task's greedy runs are generate_sequence's rows (EOS dropped), whatever the eval batch size."""
+    from pipeline.data.masking import EOS_ID
+    from pipeline.generate.autoregressive import generate_sequence
+    from pipeline.generate.sampling import Sampler
+
+    model, rows = det_model
+    vocab = wordpiece.vocab_size
+    runs = greedy_runs(model, rows, ("rgb",), "det", vocab, batch_size=2)
+    made = generate_sequence(model.module, model.table, [{"rgb": row["rgb"][0]} for row in rows], "det",
+                             Sampler.seeded(0.0, 0, 1), vocab)
+    assert all(row[-1] == EOS_ID and row.max() < vocab for row in made)
+    assert [ids.tolist() for ids, _ in runs] == [row[:-1].tolist() for row in made]

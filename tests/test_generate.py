@@ -18,7 +18,7 @@ from jobs import generate as generate_job
 from pipeline.data.masking import EOS_ID
 from pipeline.data.tokenize import load_tokenizer_from
 from pipeline.eval.checkpoint import EvalModel, load_exported
-from pipeline.generate.autoregressive import generate_sequence
+from pipeline.generate.autoregressive import generate_scored_sequence, generate_sequence
 from pipeline.generate.inputs import read_token_samples
 from pipeline.generate.parallel import generate_parallel
 from pipeline.generate.render import render
@@ -72,6 +72,10 @@ def test_autoregressive_at_temperature_zero_is_deterministic_and_ends_at_eos(tin
     for a, b in zip(first, again):
         assert np.array_equal(a, b) and len(a) <= 10 - 1  # the run's bound holds S_0 too
         assert a[-1] == EOS_ID and EOS_ID not in a[:-1] and a.max() < vocab
+    scored = generate_scored_sequence(tiny.model, tiny.table, rows, "caption", Sampler.seeded(0.0, 0, 0), vocab,
+                                      max_tokens=10)
+    for row, (ids, logps) in zip(first, scored):  # the same loop, keeping each chosen id's log-probability
+        assert np.array_equal(row, ids) and logps.shape == ids.shape and np.all(logps <= 0)
     # A caption head that always prefers EOS: decoding stops at once.
     index = tiny.table.index("caption")
     head = tiny.model.heads[index]

@@ -1,4 +1,5 @@
-"""Drawing tokens from logits, the MaskGIT schedule, and the model calls generation makes (encode, decode, one head).
+"""Drawing tokens from logits, the MaskGIT schedule, and the model calls generation makes (encode, decode, one head;
+the cached decoder step of token-by-token decoding).
 
 Everything here is single-device torch on the plain model of `pipeline/model`: no Ray, no DeepSpeed.
 """
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.model.fourm import FourM
+from pipeline.model.kv_cache import DecoderCache
 
 
 @dataclass
@@ -25,6 +27,11 @@ class Sampler:
     @classmethod
     def seeded(cls, temperature: float, top_k: int, seed: int) -> Sampler:
         return cls(temperature, top_k, torch.Generator().manual_seed(seed))
+
+    @classmethod
+    def greedy(cls) -> Sampler:
+        """Argmax at every draw (temperature 0): deterministic, its generator never used."""
+        return cls.seeded(0.0, 0, 0)
 
     def draw(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids (n,), confidence (n,)) for logits (n, V): the drawn token and its probability under the model's
@@ -71,3 +78,13 @@ def target_logits(model: FourM, batch: dict[str, torch.Tensor], modality: int,
     features, pad = memory if memory is not None else model.encode(batch)
     hidden = model.decode(batch, features, pad)
     return model.heads[modality](hidden if slot is None else hidden[:, slot])
+
+
+@torch.no_grad()
+def next_logits(model: FourM, cache: DecoderCache, fed: torch.Tensor, modality: int) -> torch.Tensor:
+    """(B, V) logits of the head of `modality` at the last of `n` new slots of a causal run, fed the ids `fed`
+    (B, n) at positions `cache.length`... (a sequence's run: position = slot), through the decoder's key/value
+    cache: a step costs its new slots, not the whole run."""
+    position = torch.arange(cache.length, cache.length + fed.shape[1], device=fed.device).expand_as(fed)
+    hidden = model.decode_step(fed, torch.full_like(fed, modality), position, cache)
+    return model.heads[modality](hidden[:, -1])

@@ -58,6 +58,21 @@ class Labeler:
 LABELERS: Registry[type[Labeler]] = Registry("labeler")
 
 
+def torch_device(config: LabelerConfig):
+    """Where a model labeler runs: the GPU its actor reserved (`num_gpus`) when one is visible, else the CPU."""
+    import torch  # heavy imports stay out of the decode workers that never build a model labeler
+
+    return torch.device("cuda" if torch.cuda.is_available() and (config.num_gpus or 0) > 0 else "cpu")
+
+
+def torch_dtype(config: LabelerConfig):
+    """The dtype a model labeler's weights run in. bf16/fp16 halve memory and run on tensor cores on a GPU;
+    outputs are stored at their own precision anyway."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+
+
 def register_labeler(cls: type[Labeler]) -> type[Labeler]:
     """Class decorator: the labeler of `cls.modality` (one per modality)."""
     return LABELERS.register(cls.modality, cls)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data.encoding import encode_npy
-from pipeline.data.labelers.base import DecodedBatch, Labeler, register_labeler
+from pipeline.data.labelers.base import DecodedBatch, Labeler, register_labeler, torch_device
 from pipeline.data.labelers.weights import resolve_weights
 from schemas.preprocess import LabelerConfig
 
@@ -37,7 +37,7 @@ class CaptionEmbedding(Labeler):
 
         path = resolve_weights(self.config.weights, self.storage) if self.config.weights else packaged_minilm()
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() and (self.config.num_gpus or 0) > 0 else "cpu"
+        self.device = torch_device(self.config)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(self.device).eval()
 

@@ -26,7 +26,6 @@ import numpy as np
 from pipeline.data.encoding import encode_json
 from pipeline.data.labelers.base import DecodedBatch, Labeler, register_labeler
 from pipeline.data.labelers.image_model import ImageModelLabeler
-from pipeline.data.labelers.weights import resolve_weights
 from schemas.common import StorageConfig
 from schemas.labels import Detection, detection_record
 from schemas.preprocess import LabelerConfig
@@ -103,9 +102,8 @@ class ObjectDetectionModel(ImageModelLabeler):
         super().__init__(config, storage)
         from transformers import AutoImageProcessor
 
-        # Reads preprocessor_config.json only (JSON, nothing unpickled); the copy resolved above is reused.
-        self.processor = AutoImageProcessor.from_pretrained(resolve_weights(self.config.weights, self.storage),
-                                                            local_files_only=True)
+        # Reads preprocessor_config.json only (JSON, nothing unpickled).
+        self.processor = AutoImageProcessor.from_pretrained(self.weights_dir, local_files_only=True)
 
     def load_model(self, path: Path):
         from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES as DETECTORS

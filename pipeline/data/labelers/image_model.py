@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.data.encoding import encode_json, encode_npy, encode_png
-from pipeline.data.labelers.base import DecodedBatch, Labeler
+from pipeline.data.labelers.base import DecodedBatch, Labeler, torch_device, torch_dtype
 from pipeline.data.labelers.weights import required_weights, resolve_weights
 from schemas.modalities import get_modality
 from schemas.common import StorageConfig
@@ -74,8 +74,9 @@ def processor_size(processor: dict) -> tuple[int, int] | None:
 class ImageModelLabeler(Labeler):
     """Loads `architecture` from the configured weights once, then labels whole mini-batches with it.
 
-    Subclasses set `architecture` (a transformers class name) and implement `predict`: model inputs in, one array
-    per sample out. The tar member bytes follow from the modality's extension in the registry.
+    Subclasses set `architecture` (a transformers class name) and implement `predict`: model inputs in, one output
+    per sample out; `encode` turns each output into its tar member's bytes (by default, as the modality's extension
+    in the registry says; a subclass whose outputs need more overrides it).
     """
 
     needs_weights = True
@@ -87,13 +88,11 @@ class ImageModelLabeler(Labeler):
         import torch  # heavy imports stay out of the decode workers that never build this labeler
 
         self.torch = torch
-        # bf16/fp16 halve memory and run on tensor cores on a GPU; outputs are stored at their own precision anyway
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.precision]
-        path = resolve_weights(required_weights(self.modality, self.config), self.storage)
-        self.device = torch.device("cuda" if torch.cuda.is_available() and (self.config.num_gpus or 0) > 0 else "cpu")
-        self.input = ImageInput.from_dir(path)
-        self.model = self.load_model(path).to(self.device).eval()
-        self.encode = ENCODERS[get_modality(self.modality).ext]
+        self.dtype, self.device = torch_dtype(self.config), torch_device(self.config)
+        # The local copy of the weights, which subclasses read their processor's other files from.
+        self.weights_dir = resolve_weights(required_weights(self.modality, self.config), self.storage)
+        self.input = ImageInput.from_dir(self.weights_dir)
+        self.model = self.load_model(self.weights_dir).to(self.device).eval()
 
     def model_class(self) -> type:
         """The PreTrainedModel class that `architecture` names."""
@@ -153,6 +152,10 @@ class ImageModelLabeler(Labeler):
         if tuple(maps.shape[-2:]) == tuple(out_size):
             return maps
         return self.torch.nn.functional.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
+
+    def encode(self, output) -> bytes:
+        """One sample's output -> its tar member's bytes."""
+        return ENCODERS[get_modality(self.modality).ext](output)
 
     def label(self, batch: DecodedBatch) -> list[bytes]:
         with self.torch.inference_mode():

@@ -32,7 +32,6 @@ import numpy as np
 from pipeline.data.labelers.base import DecodedBatch, register_labeler
 from pipeline.data.labelers.detection import DetectionLabeler
 from pipeline.data.labelers.image_model import ImageModelLabeler
-from pipeline.data.labelers.weights import resolve_weights
 from pipeline.tokenizers.poses import COCO_KEYPOINTS, box_area
 from schemas.common import StorageConfig
 from schemas.preprocess import LabelerConfig
@@ -68,8 +67,8 @@ class HumanPoseLabeler(ImageModelLabeler):
         if self.model.config.num_labels != len(COCO_KEYPOINTS):
             raise ValueError(f"human_poses writes COCO's {len(COCO_KEYPOINTS)} keypoints; the model predicts "
                              f"{self.model.config.num_labels}")
-        path = resolve_weights(self.config.weights, self.storage)  # cached by the base class's call
-        self.decoder = VitPoseImageProcessorPil.from_pretrained(path, local_files_only=True)  # its JSON only
+        # Reads the processor's JSON only.
+        self.decoder = VitPoseImageProcessorPil.from_pretrained(self.weights_dir, local_files_only=True)
         # ViTPose+ (a mixture of experts per dataset) needs the dataset's index: COCO's is 0 in its checkpoints.
         self.experts = self.model.config.backbone_config.num_experts
         # The det labeler in-process, with this labeler's resources and score threshold.

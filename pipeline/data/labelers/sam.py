@@ -76,7 +76,7 @@ def instance_edges(masks: np.ndarray) -> np.ndarray:
 
 class SamMaskGenerator(ImageModelLabeler):
     """SAM's automatic masks of each image: `predict` gives every kept mask at the sample's resolution, largest
-    first; the two modalities differ only in how they write them."""
+    first; the two modalities differ only in how they `encode` them."""
 
     architecture = "SamModel"
 
@@ -123,12 +123,8 @@ class SamInstanceLabeler(SamMaskGenerator):
 
     modality = "sam_instance"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.encode = self.write
-
-    def write(self, masks: np.ndarray) -> bytes:
-        return write_instances(masks[:self.settings.max_instances])
+    def encode(self, output: np.ndarray) -> bytes:
+        return write_instances(output[:self.settings.max_instances])
 
 
 @register_labeler
@@ -137,10 +133,5 @@ class SamEdgeLabeler(SamMaskGenerator):
 
     modality = "sam_edge"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.encode = self.write
-
-    @staticmethod
-    def write(masks: np.ndarray) -> bytes:
-        return encode_png(instance_edges(masks))
+    def encode(self, output: np.ndarray) -> bytes:
+        return encode_png(instance_edges(output))

@@ -22,7 +22,7 @@ import json
 import numpy as np
 
 from pipeline.data.encoding import encode_npy
-from pipeline.data.labelers.base import DecodedBatch, Labeler, register_labeler
+from pipeline.data.labelers.base import DecodedBatch, Labeler, register_labeler, torch_device, torch_dtype
 from pipeline.data.labelers.weights import required_weights, resolve_weights
 from schemas.common import StorageConfig
 from schemas.preprocess import LabelerConfig
@@ -52,8 +52,7 @@ class T5CaptionLabeler(Labeler):
         if model_type not in ("t5", "umt5", "mt5"):
             raise ValueError(f"weights at {path} are a {model_type!r} model; labeler {self.modality} runs "
                              f"T5EncoderModel")
-        self.device = "cuda" if torch.cuda.is_available() and (self.config.num_gpus or 0) > 0 else "cpu"
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.precision]
+        self.device, dtype = torch_device(self.config), torch_dtype(self.config)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model, info = T5EncoderModel.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=dtype,
                                                      output_loading_info=True)
@@ -62,7 +61,7 @@ class T5CaptionLabeler(Labeler):
                              f"{', '.join(sorted(info['missing_keys'])[:4])}")
         self.model = model.to(self.device).eval()
 
-    def encode(self, captions: list[str]) -> np.ndarray:
+    def states(self, captions: list[str]) -> np.ndarray:
         """Captions -> (N, L, C) float32 states, zero at padding."""
         inputs = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
@@ -73,4 +72,4 @@ class T5CaptionLabeler(Labeler):
         return states.clamp(-FLOAT16_MAX, FLOAT16_MAX).cpu().numpy()
 
     def label(self, batch: DecodedBatch) -> list[bytes]:
-        return [encode_npy(states.astype(np.float16)) for states in self.encode(batch.captions)]
+        return [encode_npy(states.astype(np.float16)) for states in self.states(batch.captions)]

@@ -1,10 +1,9 @@
 """rgb -> det: the model's decoder writes the det token sequence from the image, greedily, one token at a time;
 the text is parsed back to boxes by the det serializer and scored with mAP@0.5 against the label shard's boxes.
 
-Decoding asks the question training asks of a fully masked sequence (batches.py): the image and the det sentinel in
-the encoder; the decoder fed SOS then its own tokens, its run starting with that sentinel and ending at EOS or the
-modality's token bound. Sentinels, PAD and SOS are never chosen after the first token. Each step reruns the decoder
-over the tokens so far (no key-value cache: runs are short and eval batches small).
+Decoding is generation's own loop (pipeline/generate/autoregressive.py) at temperature 0: the question training asks
+of a fully masked sequence, the image and the det sentinel in the encoder, the decoder writing from that sentinel
+to EOS or the modality's token bound, limited to the det tokenizer's vocabulary.
 
 A box's confidence, which mAP ranks by, is the geometric mean probability the model gave its tokens (from its
 `v0=` token up to the next box). Baseline: the fit set's most common class at its mean box, one per image.
@@ -18,11 +17,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.data.masking import EOS_ID, PAD_ID, SENTINEL_IDS, SOS_ID
 from pipeline.eval import metrics
-from pipeline.eval.batches import Row, pack
+from pipeline.eval.batches import Row
+from pipeline.eval.checkpoint import EvalModel
 from pipeline.eval.context import EvalSample, TaskContext
 from pipeline.eval.registry import DataUnmet, HeadKind, Metric, Score, TokenSplit, register_task
+from pipeline.generate.autoregressive import generate_scored_sequence
+from pipeline.generate.sampling import Sampler
 from pipeline.tokenizers.sequence import VALUE_BINS, get_serializer, value_token
 from schemas.labels import Detection, read_detections
 
@@ -30,43 +31,17 @@ Prediction = tuple[np.ndarray, list[str], np.ndarray]  # boxes (n, 4), class nam
 Truth = tuple[np.ndarray, list[str]]
 
 
-def greedy_runs(model, rows: Sequence[Row], inputs: Sequence[str], target: str, vocab_size: int,
+def greedy_runs(model: EvalModel, rows: Sequence[Row], inputs: Sequence[str], target: str, vocab_size: int,
                 batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per row, the (ids, log-probabilities) the decoder writes greedily for the fully masked sequence `target`
-    after its leading sentinel, EOS excluded. `model` is an EvalModel; ids stay below `vocab_size` (the
-    tokenizer's; the head spans the registry's vocabulary)."""
-    import torch
-
-    table, module, device = model.table, model.module, model.device
-    index, bound = table.index(target), table[target].max_tokens
-    banned = torch.tensor([i for i in (PAD_ID, SOS_ID, *SENTINEL_IDS) if i < vocab_size], device=device)
+    """Per row, the (ids, log-probabilities) the decoder writes greedily for the sequence `target` given `inputs`,
+    EOS excluded, `batch_size` rows at a time. Ids stay below `vocab_size` (the tokenizer's; the head spans the
+    registry's vocabulary)."""
     runs = []
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            # Only the encoder half is used: the image, and the target as the one sentinel standing for all of it.
-            batch = {k: torch.from_numpy(v).to(device) for k, v in pack(table, chunk, inputs, target).items()}
-            memory, memory_pad = module.encode(batch)
-            n = len(chunk)
-            run = torch.full((n, 1), SENTINEL_IDS[0], dtype=torch.long, device=device)
-            logps = torch.zeros((n, 1), device=device)
-            done = torch.zeros(n, dtype=torch.bool, device=device)
-            while run.shape[1] < bound and not bool(done.all()):
-                width = run.shape[1] + 1
-                fed = torch.cat([torch.full((n, 1), SOS_ID, dtype=torch.long, device=device), run], dim=1)
-                decoder = {"dec_input": fed, "dec_modality": torch.full_like(fed, index),
-                           "dec_position": torch.arange(width, device=device).expand(n, width),
-                           "dec_causal": torch.ones_like(fed, dtype=torch.bool),
-                           "dec_pad": torch.zeros_like(fed, dtype=torch.bool)}
-                logits = module.heads[index](module.decode(decoder, memory, memory_pad)[:, -1]).float()
-                logits = logits[:, :vocab_size].index_fill(1, banned, float("-inf"))
-                logp, best = logits.log_softmax(-1).max(-1)
-                best = torch.where(done, torch.full_like(best, PAD_ID), best)
-                run, logps = torch.cat([run, best[:, None]], 1), torch.cat([logps, logp[:, None]], 1)
-                done |= best == EOS_ID
-            for ids, scores in zip(run[:, 1:].cpu().numpy(), logps[:, 1:].cpu().numpy()):
-                end = int(np.argmax(ids == EOS_ID)) if (ids == EOS_ID).any() else len(ids)
-                runs.append((ids[:end], scores[:end]))
+    for start in range(0, len(rows), batch_size):
+        # Generation reads every modality a row holds as given: only the inputs, not the eval row's own target.
+        given = [{m: row[m] for m in inputs} for row in rows[start:start + batch_size]]
+        made = generate_scored_sequence(model.module, model.table, given, target, Sampler.greedy(), vocab_size)
+        runs += [(ids[:-1], logps[:-1]) for ids, logps in made]  # every stored row ends with EOS
     return runs
 
 
