@@ -28,6 +28,10 @@ from cluster.local_nodes import check_running, node_env, spawn_node
 from cluster.loopback import ENABLE_CLUSTER_ENV, LOOPBACK, free_ports
 from cluster.processes import NodeProcess, stop_processes
 
+# What a head process logs when a port picked as free was taken before it bound: the GCS says the first, Ray's
+# client server the second.
+PORT_TAKEN = ("address already in use", "failed to bind to address")
+
 DEFAULT_STATE_DIR = Path(".tessera/cluster")
 HEAD = "head"
 MIN_OBJECT_STORE_MB = 75  # ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES
@@ -235,7 +239,8 @@ class LocalCluster:
                 self._wait_for_head(head, timeout_s)
                 break
             except RuntimeError as error:
-                if attempt == attempts or "address already in use" not in Path(head.log_path).read_text(errors="replace"):
+                log = Path(head.log_path).read_text(errors="replace").lower()
+                if attempt == attempts or not any(sign in log for sign in PORT_TAKEN):
                     raise
                 print(f"head start lost a port race ({error.__class__.__name__}); retrying", file=sys.stderr)
                 stop_processes(head.processes(), leaders={head.pid}, grace_s=0)

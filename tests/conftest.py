@@ -28,6 +28,11 @@ def ray_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         env.delenv("RAY_AUTH_TOKEN", raising=False)
         env.setenv("RAY_AUTH_TOKEN_PATH", str(token))
         env.setenv("RAY_AUTH_MODE", "token")
+        # Ray Train's controller polls its workers every 2 s by default, and only a poll moves a run on (workers
+        # started, a run ended, a worker died, a checkpoint registered): idle waits in every one of the session's
+        # ~50 training runs. At 0.5 s a trivial 2-worker TorchTrainer's fit() took ~14 s instead of ~17 s on the
+        # 2-core box (3 alternating pairs). The driver passes it on to each run's controller; jobs inherit it.
+        env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         yield
 
 
@@ -94,6 +99,25 @@ def new_bucket(endpoint: str) -> tuple[str, list[str]]:
 def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, list[str]]]:
     """A fresh bucket per test (see `new_bucket`)."""
     yield new_bucket(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def reference_runs(ray_session: ClusterSummary, tokens: str, tmp_path_factory: pytest.TempPathFactory):
+    """The session's reference pretrain runs, one per ZeRO stage, made on first use (tests/reference_runs.py)."""
+    from reference_runs import ReferenceRuns
+
+    return ReferenceRuns(tokens, tmp_path_factory)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny matmuls gain nothing from a second thread, and on a busy 2-core box thread hand-offs cost ~7x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -68,12 +68,8 @@ INPUT_SLOTS, TARGET_SLOTS = 12, 16
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a busy 2-core box thread hand-offs cost ~7x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (conftest.py says why)."""
 
 
 @pytest.fixture()

@@ -9,42 +9,21 @@ import pytest
 import torch
 
 from faults import KillWorkerOnce
+from reference_runs import REFERENCE, RESUMED_STEPS, STEPS, config
 
 from pipeline.train.checkpoint import META, MODEL_JSON, TAG, WEIGHTS
 from pipeline.train.metrics import read_metrics
 from pipeline.train.trainer import run_pretrain
-from schemas.config import load_config
-from schemas.pretrain import PretrainConfig
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def config(tokens: str, tmp_path: Path, *overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [
-        f"data={tokens}", f"storage_path={tmp_path / 'runs'}", "steps=24", "log_every=4", "checkpoint_every=12",
-        "workers=2", "loader.batch_size=8", "masking.input_tokens=32", "masking.target_tokens=32", *overrides])
-
-
-# The module's reference recipe: fp32, so that ZeRO stages and a resumed run can be compared number for number.
-REFERENCE = ("optim.warmup_steps=4", "precision=fp32")
-STEPS = [4, 8, 12, 16, 20, 24]  # logged steps; checkpoints at 12 and 24
-
-
-@pytest.fixture(scope="module")
-def stage_run(tokens, tmp_path_factory):
-    """One reference run per ZeRO stage, made on first use and shared by every test that reads it (each costs
-    ~20-40 s). Its metrics are read when it finishes, since a later test resumes stage 1's run in place."""
-    runs: dict[int, dict] = {}
-
-    def run(stage: int) -> dict:
-        if stage not in runs:
-            root = tmp_path_factory.mktemp(f"stage{stage}")
-            summary = run_pretrain(config(tokens, root, *REFERENCE, f"zero.stage={stage}"))
-            runs[stage] = {**summary, "root": root, "log": read_metrics(summary["metrics_file"])}
-        return runs[stage]
-
-    return run
+@pytest.fixture
+def stage_run(reference_runs):
+    """One reference run per ZeRO stage (tests/reference_runs.py: 2 micro-batches of 4 per step), made on first use
+    and shared by every test that reads it, in this module and others. Its metrics are those read when it
+    finished, since a later test resumes stage 3's run in place."""
+    return reference_runs
 
 
 def weights(checkpoint: str) -> dict:
@@ -118,6 +97,10 @@ def test_zero_3_with_cpu_offload_follows_stage_3(stage_run, tokens, tmp_path):
 
 
 def test_killed_worker_resumes_and_ends_where_an_uninterrupted_run_does(stage_run, tokens, tmp_path):
+    """With 2 micro-batches per step (the reference recipe), a checkpoint still lands between optimizer updates: a
+    worker killed after one resumes and ends bitwise where the uninterrupted run ends (a checkpoint taken
+    mid-accumulation would drop the half-accumulated gradient, and the restored engine would also count its
+    micro-steps from 0)."""
     kill = KillWorkerOnce(step=18, marker=str(tmp_path / "failed-once"))
     summary = run_pretrain(config(tokens, tmp_path, *REFERENCE, "zero.stage=2", "max_failures=1"), callbacks=[kill])
     assert (tmp_path / "failed-once").exists()  # the worker did die
@@ -138,46 +121,24 @@ def test_killed_worker_resumes_and_ends_where_an_uninterrupted_run_does(stage_ru
     assert set(ours) == set(theirs)
     for name, tensor in theirs.items():
         torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    # 24 steps of 2 micro-batches: 48 batches of 4 per rank, six whole epochs of the rank's 32 samples, both runs
+    for run in (summary, reference):
+        meta = json.loads(Path(run["checkpoint"], META).read_text())
+        assert [(meta["loaders"][r]["epoch"], meta["loaders"][r]["batches"]) for r in "01"] == [(6, 0), (6, 0)]
 
 
-def test_gradient_accumulation_resumes_on_an_update_boundary(tokens, tmp_path):
-    """With 2 micro-batches per step, a checkpoint still lands between optimizer updates: a worker killed after one
-    resumes and ends bitwise where the uninterrupted run ends (a checkpoint taken mid-accumulation would drop the
-    half-accumulated gradient, and the restored engine would also count its micro-steps from 0)."""
-    recipe = (*REFERENCE, "zero.stage=2", "optim.grad_accumulation=2", "steps=12", "checkpoint_every=4",
-              "log_every=2", "loader.batch_size=4")
-    whole = run_pretrain(config(tokens, tmp_path / "whole", *recipe))
-    kill = KillWorkerOnce(step=10, marker=str(tmp_path / "failed-once"))
-    killed = run_pretrain(config(tokens, tmp_path / "killed", *recipe, "max_failures=1"), callbacks=[kill])
-    assert (tmp_path / "failed-once").exists()
-    log, reference = read_metrics(killed["metrics_file"]), read_metrics(whole["metrics_file"])
-    assert [m["step"] for m in reference] == [2, 4, 6, 8, 10, 12]
-    # Resumed from the checkpoint at 8 (or at 4, if Ray Train had not yet registered 8 when the worker died), not
-    # from scratch; every step logged after the restart repeats the uninterrupted run's number.
-    steps = [m["step"] for m in log]
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] in (6, 10) and steps[-1] == 12
-    by_step = {m["step"]: m["loss"] for m in reference}
-    assert [m["loss"] for m in log[restart:]] == pytest.approx([by_step[s] for s in steps[restart:]], rel=1e-6)
-    # 12 steps of 2 micro-batches: 24 batches of 4 per rank, three whole epochs of the rank's 32 samples
-    meta = json.loads(Path(whole["checkpoint"], META).read_text())
-    assert [(meta["loaders"][r]["epoch"], meta["loaders"][r]["batches"]) for r in "01"] == [(3, 0), (3, 0)]
-    ours, theirs = weights(killed["checkpoint"]), weights(whole["checkpoint"])
-    for name, tensor in theirs.items():
-        torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_rerun_with_the_same_name_resumes_from_its_latest_checkpoint(stage_run, tokens):
-    first = stage_run(1)
-    rerun = run_pretrain(config(tokens, first["root"], *REFERENCE, "zero.stage=1", "steps=32"))
+def test_rerun_with_the_same_name_resumes_from_its_latest_checkpoint(stage_run):
+    """Stage 3's run rerun with more steps (its ZeRO-3 states, one file per rank, are read back by the tensors-only
+    loader: tests/test_trust_storage.py plants pickles into a copy of this run)."""
+    first, rerun = stage_run(3), stage_run.resumed()
     assert rerun["metrics_file"] == first["metrics_file"]  # the same run directory
     log = read_metrics(rerun["metrics_file"])
     assert log[:len(first["log"])] == first["log"]
     resumed = log[len(first["log"]):]
     assert [m["step"] for m in resumed] == [28, 32]  # from step 24's checkpoint, not from step 0
     assert resumed[0]["loss"] < 0.8 * first["log"][0]["loss"]  # trained weights, not a fresh model
-    assert rerun["metrics"]["step"] == 32
-    assert json.loads(Path(rerun["checkpoint"], MODEL_JSON).read_text())["step"] == 32
+    assert rerun["metrics"]["step"] == RESUMED_STEPS
+    assert json.loads(Path(rerun["checkpoint"], MODEL_JSON).read_text())["step"] == RESUMED_STEPS
 
 
 def test_export_after_stage_3_matches_deepspeed_and_the_engine(stage_run, tokens, tmp_path):

@@ -179,17 +179,26 @@ def test_wsd_cooldowns_branch_off_the_longest_run_of_each_size():
     assert runs["d16_D1.64e4_s0"].est_seconds - 20 == pytest.approx(0.25 * (plain["d16_D1.64e4_s0"].est_seconds - 20))
 
 
-def test_a_cooldown_trains_on_from_its_trunk(ray_session, tokens, tmp_path):
-    """Both runs of one WSD family on the cluster: the cooldown's first step is its trunk's next one (same data
-    order, same counts: its tokens_seen at step 16 is the trunk's), at a decaying rate where the trunk holds its
-    peak; an evaluation task runs on each run's final checkpoint and lands in the table."""
-    study = spec(data=tokens, sizes={"d16": MICRO["sizes"]["d16"]}, budgets={"kind": "tokens", "tokens": [8192, 16384]},
+def test_a_cooldown_trains_on_from_its_trunk_beside_a_failing_run(ray_session, tokens, tmp_path):
+    """Two WSD families on the cluster, 2 runs at a time. d16's runs: the cooldown's first step is its trunk's next
+    one (same data order, same counts: its tokens_seen at step 16 is the trunk's), at a decaying rate where the trunk
+    holds its peak; an evaluation task runs on each run's final checkpoint and lands in the table. d24's trunk cannot
+    start: it is retried, then recorded as failed with its error (its cooldown with it), while d16's family, beside
+    it, finishes untouched. One study for both, since each run costs a Ray Train start-up (~20 s on 2 cores)."""
+    study = spec(data=tokens, sizes={k: MICRO["sizes"][k] for k in ("d16", "d24")},
+                 budgets={"kind": "tokens", "tokens": [8192, 16384]},
                  schedule={"kind": "wsd", "warmup_fraction": 0.1, "decay_fraction": 0.25}, logs_per_run=4,
-                 evaluation={"tasks": ["largest_shape_from_caption"]})
+                 evaluation={"tasks": ["largest_shape_from_caption"]},
+                 resources={"workers": 1, "concurrency": 2, "retries": 1})
     folder = study_storage(study, str(tmp_path))
+    # d24's trunk's run directory is taken by a file (as a broken copy might leave it): that run cannot start, ever.
+    failed = "d24_D1.64e4_s0"
+    (tmp_path / "micro" / RUNS).mkdir(parents=True)
+    (tmp_path / "micro" / RUNS / failed).write_text("not a directory")
     lines = []
     table = run_study(study, folder, cluster_resources=ray_session["resources"], progress=lines.append).set_index("run")
-    assert (table["status"] == "done").all() and (table["attempts"] == 1).all(), table[["status", "error"]]
+    d16 = table[table["size"] == "d16"]
+    assert len(d16) == 2 and (d16["status"] == "done").all() and (d16["attempts"] == 1).all(), d16[["status", "error"]]
     trunk, cooldown = run_metrics(folder, "d16_D1.64e4_s0"), run_metrics(folder, "d16_D8192_s0")
     assert [row["step"] for row in cooldown] == [16]  # steps 13-16 only: 1-12 are the trunk's
     at_16 = next(row for row in trunk if row["step"] == 16)
@@ -197,8 +206,17 @@ def test_a_cooldown_trains_on_from_its_trunk(ray_session, tokens, tmp_path):
     assert cooldown[0]["lr"] < 0.5 * at_16["lr"] and cooldown[0]["loss"] != at_16["loss"]
     assert math.isfinite(table.loc["d16_D8192_s0", "val_loss"])
     accuracy = [c for c in table.columns if c.startswith("eval_largest_shape_from_caption")]
-    assert accuracy and table[accuracy].notna().all().all(), list(table.columns)
-    assert "2 runs in 1 trials" in lines[0] and "started d16_D1.64e4_s0" in lines[1]  # the trunk, then its cooldown
+    assert accuracy and d16[accuracy].notna().all().all(), list(table.columns)
+    assert "4 runs in 2 trials" in lines[0]
+    assert any("started d16_D1.64e4_s0" in line for line in lines)  # the trunk's trial, which trains its cooldown
+    # the failing family
+    assert table.loc[failed, "status"] == "failed" and table.loc[failed, "attempts"] == 2
+    record = read_record(folder, failed)
+    assert len(record.errors) == 2 and all(failed in error for error in record.errors)
+    assert table.loc[failed, "error"] and table.loc[failed, "error"] in record.errors[-1]
+    assert table.loc["d24_D8192_s0", "status"] == "failed"  # the cooldown of a trunk that never trained
+    written = pd.read_parquet(tmp_path / "micro" / "results.parquet").set_index("run")
+    assert written.loc[failed, "status"] == "failed" and written.loc[failed, "error"] == table.loc[failed, "error"]
 
 
 def test_a_study_results_table_maps_onto_the_fit_columns(tmp_path):
@@ -250,8 +268,12 @@ def uninterrupted(ray_session, tokens, tmp_path_factory):
     return study, folder, table
 
 
+def losses(folder: Storage, run: str) -> list[tuple]:
+    return [(row["step"], row["loss"], row.get("val_loss")) for row in run_metrics(folder, run)]
+
+
 def test_a_killed_study_resumes_without_repeating_finished_runs(uninterrupted, ray_cluster, tokens, tmp_path):
-    study, _, reference = uninterrupted
+    study, reference_folder, reference = uninterrupted
     assert (reference["status"] == "done").all() and (reference["attempts"] == 1).all()
     folder = study_storage(study, str(tmp_path))
     log = tmp_path / "driver.log"
@@ -280,6 +302,10 @@ def test_a_killed_study_resumes_without_repeating_finished_runs(uninterrupted, r
     interrupted = running[0]
     before = {run: raw_steps(folder, run) for run in done}
     assert read_record(folder, interrupted).status == "running" and max(raw_steps(folder, interrupted)) < 16
+    # The premise of comparing a resumed study with an uninterrupted one: a run trained twice (once by each study,
+    # from scratch both times) gives the same losses, exactly.
+    for run in done:
+        assert losses(folder, run) == losses(reference_folder, run), run
 
     table = run_study(study, folder, cluster_resources={"CPU": 3}, progress=lambda _: None)
     attempts = dict(zip(table["run"], table["attempts"]))
@@ -289,36 +315,6 @@ def test_a_killed_study_resumes_without_repeating_finished_runs(uninterrupted, r
     assert steps.count(4) == steps.count(8) == 1 and sorted(set(steps)) == [4, 8, 12, 16]
     assert (table["status"] == "done").all()
     pd.testing.assert_frame_equal(comparable(table), comparable(reference), check_exact=False, rtol=1e-5)
+    assert all(table.set_index("run").loc[run, "val_loss"] == reference.set_index("run").loc[run, "val_loss"]
+               for run in done)
 
-
-def test_runs_are_deterministic_given_their_seed(uninterrupted, tmp_path):
-    """The premise of comparing a resumed study with an uninterrupted one: the same run twice, the same losses."""
-    study, folder, reference = uninterrupted
-    again = study.model_copy(update={"sizes": {"d16": study.sizes["d16"]}})
-    table = run_study(again, study_storage(again, str(tmp_path)), cluster_resources={"CPU": 3},
-                      progress=lambda _: None)
-    run = "d16_D8192_s0"
-    assert table.loc[0, "val_loss"] == reference.set_index("run").loc[run, "val_loss"]
-
-    def losses(where: Storage) -> list[tuple]:
-        return [(row["step"], row["loss"], row.get("val_loss")) for row in run_metrics(where, run)]
-
-    assert losses(study_storage(again, str(tmp_path))) == losses(folder)
-
-
-def test_a_failing_run_is_retried_then_recorded_with_its_error(ray_session, tokens, tmp_path):
-    study = spec(data=tokens, sizes={k: MICRO["sizes"][k] for k in ("d16", "d24")},
-                 resources={"workers": 1, "concurrency": 2, "retries": 1})
-    folder = study_storage(study, str(tmp_path))
-    # d24's run directory is taken by a file (as a broken copy might leave it): that run cannot start, every time.
-    (tmp_path / "micro" / RUNS).mkdir(parents=True)
-    (tmp_path / "micro" / RUNS / "d24_D8192_s0").write_text("not a directory")
-    table = run_study(study, folder, cluster_resources=ray_session["resources"], progress=lambda _: None)
-    table = table.set_index("size")
-    assert table.loc["d16", "status"] == "done" and math.isfinite(table.loc["d16", "val_loss"])
-    assert table.loc["d24", "status"] == "failed" and table.loc["d24", "attempts"] == 2
-    record = read_record(folder, "d24_D8192_s0")
-    assert len(record.errors) == 2 and all("d24_D8192_s0" in error for error in record.errors)
-    assert table.loc["d24", "error"] and table.loc["d24", "error"] in record.errors[-1]
-    written = pd.read_parquet(tmp_path / "micro" / "results.parquet").set_index("size")
-    assert written.loc["d24", "status"] == "failed" and written.loc["d24", "error"] == table.loc["d24", "error"]

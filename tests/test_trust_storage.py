@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference_runs import REFERENCE, RESUMED_STEPS
+from reference_runs import config as reference_config
 
 from pipeline.data.loader import LostShardsError, TokenShardLoader
 from pipeline.data.manifest import OutputCorruptError, read_manifest, write_manifest
@@ -27,7 +29,6 @@ from schemas.common import StorageConfig
 from schemas.config import load_config
 from schemas.loading import LoaderConfig, MaskingConfig
 from schemas.preprocess import PreprocessConfig
-from schemas.pretrain import PretrainConfig
 from schemas.shards import shard_relpath
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,39 +58,35 @@ def test_a_planted_pickle_is_refused_before_anything_is_rebuilt(tmp_path):
     assert not marker.exists()
 
 
-def pretrain_config(tokens: str, root: Path, *overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [
-        f"data={tokens}", f"storage_path={root / 'runs'}", "workers=2", "loader.batch_size=4", "log_every=2",
-        "masking.input_tokens=16", "masking.target_tokens=16", "precision=fp32", "checkpoint_every=4",
-        "max_failures=0", *overrides])
-
-
 @pytest.fixture(scope="module")
-def stage3_run(tokens, tmp_path_factory):
-    """A 4-step ZeRO-3 run (its checkpoint holds one model-states file per rank) resumed to step 6 through the
-    tensors-only loader: the honest resume works."""
-    root = tmp_path_factory.mktemp("stage3")
-    first = run_pretrain(pretrain_config(tokens, root, "zero.stage=3", "steps=4"))
-    resumed = run_pretrain(pretrain_config(tokens, root, "zero.stage=3", "steps=6"))
-    return {"root": root, "first": first, "resumed": resumed}
+def stage3_run(reference_runs):
+    """The session's reference ZeRO-3 run (tests/reference_runs.py; its checkpoints hold one model-states file per
+    rank), trained to step 24 and then resumed to step 32 through the tensors-only loader: the honest resume works.
+    Shared with tests/test_pretrain.py, so left as it is: tests that damage it work on a copy."""
+    return {"first": reference_runs(3), "resumed": reference_runs.resumed()}
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_resume_loads_zero_3_states_without_unpickling(stage3_run):
     log = read_metrics(stage3_run["resumed"]["metrics_file"])
-    assert [m["step"] for m in log] == [2, 4, 6]  # 6 came after a resume from 4's checkpoint, not a fresh start
+    # 28 and 32 came after a resume from 24's checkpoint, not a fresh start
+    assert [m["step"] for m in log] == [4, 8, 12, 16, 20, 24, 28, 32]
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_resume_refuses_a_planted_pickle_and_runs_none_of_it(stage3_run, tokens):
-    marker = stage3_run["root"] / "planted-code-ran"
-    state = Path(stage3_run["resumed"]["checkpoint"], TAG)
+def test_resume_refuses_a_planted_pickle_and_runs_none_of_it(stage3_run, tokens, tmp_path):
+    root = tmp_path / "copy"  # the run as an attacker with write access to its storage would leave it
+    shutil.copytree(stage3_run["first"]["root"], root)
+    marker = tmp_path / "planted-code-ran"
+    latest = Path(stage3_run["resumed"]["checkpoint"])
+    state = root / latest.relative_to(stage3_run["first"]["root"]) / TAG
     planted = sorted(state.glob("*.pt"))
     assert any("model_states" in p.name for p in planted)
     for path in planted:  # every rank's files: whichever a rank opens first is a planted one
         plant_pickle(path, marker)
     with pytest.raises(Exception, match="refusing to resume from .*posix.system") as failure:
-        run_pretrain(pretrain_config(tokens, stage3_run["root"], "zero.stage=3", "steps=8"))
+        run_pretrain(reference_config(tokens, root, *REFERENCE, "zero.stage=3", f"steps={RESUMED_STEPS + 4}",
+                                      "max_failures=0"))
     assert "refusing to resume" in str(failure.value)
     assert not marker.exists()
 
@@ -101,7 +98,7 @@ def test_export_refuses_truncated_or_reshaped_weights(stage3_run, tmp_path):
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(stage3_run["first"]["checkpoint"], checkpoint)
-    assert export_checkpoint(str(checkpoint), str(tmp_path / "ok.safetensors"))["step"] == 4
+    assert export_checkpoint(str(checkpoint), str(tmp_path / "ok.safetensors"))["step"] == 24
     weights = checkpoint / WEIGHTS
     whole = weights.read_bytes()
     tensors = load(whole)  # in memory: the file is about to be cut short
