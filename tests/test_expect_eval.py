@@ -128,8 +128,9 @@ def test_caption_decoding_accuracy_and_perplexity_by_hand():
 
     accuracy = 4/15; perplexity = exp(mean NLL) = exp((4 ln 2 + 11 ln(2 (V - 1))) / 15) = 2 (V - 1)^(11/15).
     Unigram baseline fitted on the fit captions (600 600 600 EOS; 600 EOS -> runs S0 600 600 600 EOS, S0 600 EOS:
-    S0 2, EOS 2, 600 4 of 8): it always says 600, right once (1/15); add-one smoothed it gives S0 and EOS 3/(8+V),
-    600 5/(8+V), anything else 1/(8+V), so perplexity = (8 + V) / (3^(8/15) 5^(1/15)).
+    S0 2, EOS 2, 600 4 of N = 8, T = 3 distinct ids): it always says 600, right once (1/15). Witten-Bell smoothed it
+    gives S0 and EOS 2/11, 600 4/11, and each of the V - 3 unseen ids (3/11) / (V - 3). The targets hold S0 and EOS
+    four times each, 600 once and six unseen ids, so perplexity = 11 * 2^(-8/15) * 4^(-1/15) * ((V - 3) / 3)^(6/15).
     """
     vocab = TABLE["caption"].vocab_size
     captions = [[500, 501], [500, 500], [502, 600], [500]]
@@ -142,4 +143,5 @@ def test_caption_decoding_accuracy_and_perplexity_by_hand():
     assert scores["token_accuracy"].value == pytest.approx(4 / 15)
     assert scores["token_accuracy"].baseline == pytest.approx(1 / 15)
     assert scores["perplexity"].value == pytest.approx(2 * (vocab - 1) ** (11 / 15), rel=1e-6)
-    assert scores["perplexity"].baseline == pytest.approx((8 + vocab) / (3 ** (8 / 15) * 5 ** (1 / 15)), rel=1e-6)
+    assert scores["perplexity"].baseline == pytest.approx(
+        11 * 2 ** (-8 / 15) * 4 ** (-1 / 15) * ((vocab - 3) / 3) ** (6 / 15), rel=1e-6)
